@@ -1,0 +1,310 @@
+"""The ``microdb`` command line: parse options, call the library, render with rich."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+import click
+import pyarrow as pa
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from microdb import workspace as wsmod
+from microdb.errors import MicrodbError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Per-entity micro-databases, masked on read.")
+out = Console()
+err = Console(stderr=True)
+
+
+class State:
+    workspace: Optional[Path] = None
+    role: Optional[str] = None
+
+
+state = State()
+
+
+@app.callback()
+def _main(
+    workspace: Optional[Path] = typer.Option(
+        None, "-w", "--workspace", help="Workspace folder (default: $MICRODB_WORKSPACE or the current directory)."
+    ),
+) -> None:
+    state.workspace = workspace
+
+
+def _open() -> wsmod.Workspace:
+    return wsmod.open(state.workspace)
+
+
+# rendering ---------------------------------------------------------------------------------
+def _cell(v: object) -> str:
+    if v is None:
+        return "[dim]NULL[/dim]"
+    return str(v).replace("[", r"\[")
+
+
+def render_table(table: pa.Table, title: str | None = None, limit: int | None = None) -> None:
+    shown = table if limit is None else table.slice(0, limit)
+    t = Table(title=title, title_justify="left", header_style="bold cyan", show_lines=False)
+    for field in table.schema:
+        t.add_column(field.name, overflow="fold")
+    for row in shown.to_pylist():
+        t.add_row(*(_cell(v) for v in row.values()))
+    out.print(t)
+    if limit is not None and table.num_rows > limit:
+        out.print(f"[dim]… {table.num_rows - limit} more rows ({table.num_rows} in all)[/dim]")
+
+
+def emit(table: pa.Table, fmt: str, output: Optional[Path]) -> None:
+    fmt = fmt.lower()
+    if fmt == "table":
+        if output:
+            raise MicrodbError("--output is for json, csv and parquet formats")
+        render_table(table)
+        out.print(f"[dim]{table.num_rows} rows[/dim]")
+        return
+    if fmt == "json":
+        text = json.dumps(table.to_pylist(), default=str, ensure_ascii=False, indent=1)
+        _write_text(text + "\n", output)
+    elif fmt == "csv":
+        import pyarrow.csv as pacsv
+
+        buf = io.BytesIO()
+        pacsv.write_csv(table, buf)
+        _write_bytes(buf.getvalue(), output)
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        if output is None:
+            raise MicrodbError("--format parquet needs --output FILE")
+        pq.write_table(table, output, compression="zstd")
+    else:
+        raise MicrodbError(f"unknown format {fmt!r} (table, json, csv, parquet)")
+
+
+def _write_text(text: str, output: Optional[Path]) -> None:
+    if output:
+        output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
+def _write_bytes(data: bytes, output: Optional[Path]) -> None:
+    if output:
+        output.write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+# commands ----------------------------------------------------------------------------------
+@app.command()
+def init(
+    directory: Path = typer.Argument(Path("."), help="Folder for the new workspace."),
+    demo: bool = typer.Option(False, "--demo", help="Fill it with the bank fixture (three sources) and a customer entity."),
+    customers: int = typer.Option(2000, "--customers", help="Customers in the demo fixture."),
+    seed: int = typer.Option(7, "--seed", help="Seed of the demo fixture."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing microdb.toml."),
+) -> None:
+    """Create a workspace: microdb.toml, a master key file (0600) and an empty store."""
+    from microdb.init import init_workspace
+
+    summary = init_workspace(directory, demo=demo, customers=customers, seed=seed, force=force)
+    for line in summary:
+        out.print(line)
+
+
+@app.command()
+def discover(
+    source: str = typer.Option(..., "--source", help="Source holding the root table."),
+    root: str = typer.Option(..., "--root", help="Root table of the entity."),
+    key: Optional[str] = typer.Option(None, "--key", help="Key column(s), comma separated (default: primary key)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Entity type name (default: singular of the root)."),
+    write: bool = typer.Option(False, "--write", help="Append the entity type to microdb.toml."),
+) -> None:
+    """Infer an entity type by walking foreign keys, and print (or write) its TOML."""
+    from microdb.config import CONFIG_FILE
+    from microdb.discover import discover as run, to_toml
+
+    ws = _open()
+    try:
+        ename, ent = run(ws.config, ws.sources, source, root, key.split(",") if key else None, name)
+        text = to_toml(ename, ent)
+        if write:
+            from microdb.init import append_entity
+
+            append_entity(ws.root / CONFIG_FILE, ename, text)
+            err.print(f"[green]wrote entity type {ename!r} to {ws.root / CONFIG_FILE}[/green]")
+        sys.stdout.write(text)
+    finally:
+        ws.close()
+
+
+@app.command()
+def sync(
+    entity_type: str = typer.Argument(..., help="Entity type to project."),
+    all_: bool = typer.Option(False, "--all", help="Every entity in the sources."),
+    keys: Optional[str] = typer.Option(None, "--keys", help="Comma-separated keys."),
+    changed_since: Optional[datetime] = typer.Option(None, "--changed-since", help="Entities with rows changed after this time (watermark columns)."),
+) -> None:
+    """Project sources into sealed micro-databases (set-based, one read per table)."""
+    chosen = sum([all_, keys is not None, changed_since is not None])
+    if chosen != 1:
+        raise MicrodbError("choose exactly one of --all, --keys K1,K2 or --changed-since TIME")
+    ws = _open()
+    try:
+        with _progress() as bar:
+            tasks: dict[str, int] = {}
+
+            def progress(phase: str, done: int, total: int) -> None:
+                if phase not in tasks:
+                    tasks[phase] = bar.add_task(phase, total=max(total, 1))
+                bar.update(tasks[phase], completed=done, total=max(total, 1))
+
+            res = ws.sync(
+                entity_type,
+                keys=[k.strip() for k in keys.split(",") if k.strip()] if keys else None,
+                changed_since=changed_since,
+                progress=progress,
+            )
+            for task in tasks.values():
+                bar.update(task, completed=bar.tasks[task].total)
+        rows = ", ".join(f"{n} {t}" for t, n in res.rows.items())
+        out.print(
+            f"synced [bold]{res.entities}[/bold] {entity_type} entities in {res.seconds:.2f}s "
+            f"({res.entities_per_second:,.0f}/s; {res.source_queries} source queries)"
+        )
+        out.print(f"  rows: {rows}")
+        if res.references:
+            out.print("  reference tables: " + ", ".join(f"{t} ({n} rows)" for t, n in res.references.items()))
+        if res.orphans:
+            out.print("[yellow]  rows linked to no entity (skipped): " + ", ".join(f"{t}: {n}" for t, n in res.orphans.items()) + "[/yellow]")
+        if res.missing_keys:
+            out.print(f"[yellow]  keys not found in the source: {', '.join(res.missing_keys)}[/yellow]")
+    finally:
+        ws.close()
+
+
+@app.command()
+def get(
+    address: str = typer.Argument(..., help="TYPE/KEY, e.g. customer/42."),
+    role: Optional[str] = typer.Option(None, "--role", help="Role to see the entity as."),
+    limit: int = typer.Option(10, "--limit", help="Rows shown per table."),
+    fmt: str = typer.Option("table", "--format", help="table or json."),
+) -> None:
+    """Show every table of one entity's micro-database."""
+    ws = _open()
+    try:
+        ent = ws.entity(address, role)
+        tables = ent.tables()
+        if fmt == "json":
+            doc = {name: t.to_pylist() for name, t in tables.items()}
+            sys.stdout.write(json.dumps(doc, default=str, ensure_ascii=False, indent=1) + "\n")
+            return
+        refs = {r.name for r in ws.entity_type(ent.type).references}
+        for name, t in tables.items():
+            if name in refs:
+                continue
+            render_table(t, title=f"{address} · {name} ({t.num_rows} rows)", limit=limit)
+        if refs:
+            out.print("[dim]reference tables: " + ", ".join(f"{n} ({tables[n].num_rows} rows)" for n in sorted(refs) if n in tables) + "[/dim]")
+        if ent.withheld:
+            out.print(f"[yellow]withheld from role {ent.role} until classified: {', '.join(ent.withheld)}[/yellow]")
+    finally:
+        ws.close()
+
+
+@app.command()
+def query(
+    target: str = typer.Argument(..., help="TYPE/KEY for one entity, or TYPE with --keys/--all for fan-out."),
+    sql: str = typer.Argument(..., help="A read-only SELECT over the entity's tables."),
+    keys: Optional[str] = typer.Option(None, "--keys", help="Fan-out over these comma-separated keys."),
+    all_: bool = typer.Option(False, "--all", help="Fan-out over every synced entity."),
+    role: Optional[str] = typer.Option(None, "--role", help="Role to query as."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, json, csv or parquet."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to a file instead of stdout."),
+) -> None:
+    """Run SQL on one entity, or on many (adds an entity_key column)."""
+    ws = _open()
+    try:
+        if "/" in target:
+            if keys or all_:
+                raise MicrodbError("--keys/--all are for fan-out: give TYPE, not TYPE/KEY")
+            table = ws.entity(target, role).sql(sql)
+        else:
+            if not keys and not all_:
+                raise MicrodbError(f"give TYPE/KEY for one entity, or --keys/--all to fan out over {target!r}")
+            table = ws.query(target, sql, keys=[k.strip() for k in keys.split(",")] if keys else None, role=role)
+        emit(table, fmt, output)
+    finally:
+        ws.close()
+
+
+@app.command()
+def export(
+    address: str = typer.Argument(..., help="TYPE/KEY to export."),
+    output: Path = typer.Option(..., "--output", "-o", help="Target .duckdb file."),
+    role: Optional[str] = typer.Option(None, "--role", help="Role whose view is exported."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the file."),
+) -> None:
+    """Write one entity, as a role sees it, to a real DuckDB file."""
+    ws = _open()
+    try:
+        path = ws.export(address, output, role, overwrite=force)
+        out.print(f"exported {address} to {path}")
+    finally:
+        ws.close()
+
+
+@app.command()
+def forget(address: str = typer.Argument(..., help="TYPE/KEY to destroy.")) -> None:
+    """Crypto-shred one entity: destroy its data key and sealed record."""
+    ws = _open()
+    try:
+        ws.forget(address)
+        out.print(f"forgot {address}: its data key and sealed record are destroyed")
+    finally:
+        ws.close()
+
+
+def main() -> None:
+    """Console entry point: one clear line and an exit code per error class."""
+    try:
+        app(standalone_mode=False)
+    except MicrodbError as exc:
+        err.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False)
+        sys.exit(exc.exit_code)
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", None) if isinstance(exc, typer.Exit) else exc.code
+        sys.exit(code or 0)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

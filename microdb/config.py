@@ -1,0 +1,227 @@
+"""The typed, versioned model of ``microdb.toml`` and its loader.
+
+Validation collects every problem and raises one :class:`ConfigError` naming the file,
+the dotted key and the reason, so a user fixes a config in one pass. Secrets never live
+here: the master key comes from :mod:`microdb.keys`.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from microdb.errors import ConfigError
+
+CONFIG_FILE = "microdb.toml"
+CONFIG_VERSION = 1
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"15m"``, ``"1h"`` or ``"2d"``."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = _DURATION.match(value)
+    if not m:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 15m, 1h, 2d)")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Model):
+    url: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RelationConfig(_Model):
+    """A parent/child link the source catalogs do not declare (e.g. across sources)."""
+
+    child: str  # "source.table"
+    columns: list[str]
+    parent: str  # "source.table"
+    parent_columns: list[str]
+
+    @field_validator("child", "parent")
+    @classmethod
+    def _qualified(cls, v: str) -> str:
+        if v.count(".") != 1:
+            raise ValueError(f"must be 'source.table', got {v!r}")
+        return v
+
+
+class TableConfig(_Model):
+    """One table of an entity type; the root has no ``parent``."""
+
+    source: str
+    table: str
+    parent: str | None = None
+    join: dict[str, str] = Field(default_factory=dict)  # child column -> parent column
+    watermark: str | None = None
+    columns: list[str] | None = None  # project only these (default: all)
+
+
+class ReferenceConfig(_Model):
+    source: str
+    table: str
+    columns: list[str] | None = None
+
+
+class EntityConfig(_Model):
+    root: str
+    key: list[str] | None = None
+    on_demand: Literal["always", "ttl", "never"] = "ttl"
+    ttl: float = 3600.0
+    tables: dict[str, TableConfig]
+    references: dict[str, ReferenceConfig] = Field(default_factory=dict)
+
+    @field_validator("ttl", mode="before")
+    @classmethod
+    def _ttl(cls, v: Any) -> float:
+        return parse_duration(v)
+
+
+class StoreConfig(_Model):
+    path: str = ".microdb/store.sqlite"
+    compression_level: int = Field(default=3, ge=1, le=19)
+    batch_size: int = Field(default=2000, ge=1)
+
+
+class QueryConfig(_Model):
+    timeout: float = 30.0
+    max_rows: int = 100_000
+    pool_size: int = 256
+    pool_memory_mb: int = 512
+    memory_limit: str = "2GB"  # DuckDB's cap per role database (queries beyond it fail, not the machine)
+    fanout_workers: int = 4
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, v: Any) -> float:
+        return parse_duration(v)
+
+
+class AuditConfig(_Model):
+    enabled: bool = True
+    path: str = ".microdb/audit"
+    max_bytes: int = 64 * 1024 * 1024
+    fsync: bool = False  # True: every record reaches the disk before the action returns
+
+
+class LineageConfig(_Model):
+    enabled: bool = True
+    namespace: str = "microdb"
+    file: str = ".microdb/lineage.jsonl"
+    http_url: str | None = None
+
+
+class WorkspaceSection(_Model):
+    name: str = "microdb"
+    key_file: str = ".microdb/master.key"
+    default_role: str | None = None
+
+
+class Config(_Model):
+    version: int = CONFIG_VERSION
+    workspace: WorkspaceSection = Field(default_factory=WorkspaceSection)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    query: QueryConfig = Field(default_factory=QueryConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    lineage: LineageConfig = Field(default_factory=LineageConfig)
+    sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    relations: list[RelationConfig] = Field(default_factory=list)
+    entities: dict[str, EntityConfig] = Field(default_factory=dict)
+    roles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    policies: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    charter: dict[str, Any] = Field(default_factory=dict)
+    synth: dict[str, Any] = Field(default_factory=dict)
+
+    def entity(self, name: str) -> EntityConfig:
+        try:
+            return self.entities[name]
+        except KeyError:
+            known = ", ".join(sorted(self.entities)) or "none configured"
+            raise ConfigError(f"unknown entity type {name!r} (known: {known})") from None
+
+
+def _cross_check(cfg: Config) -> list[str]:
+    """Problems pydantic cannot see: references between sections."""
+    problems: list[str] = []
+    if cfg.version != CONFIG_VERSION:
+        problems.append(f"version: unsupported config version {cfg.version} (this microdb reads {CONFIG_VERSION})")
+    for i, rel in enumerate(cfg.relations):
+        for side in (rel.child, rel.parent):
+            if side.split(".")[0] not in cfg.sources:
+                problems.append(f"relations[{i}]: unknown source {side.split('.')[0]!r}")
+        if len(rel.columns) != len(rel.parent_columns) or not rel.columns:
+            problems.append(f"relations[{i}]: columns and parent_columns must be non-empty and the same length")
+    for name, ent in cfg.entities.items():
+        where = f"entities.{name}"
+        if ent.root not in ent.tables:
+            problems.append(f"{where}.root: {ent.root!r} is not one of its tables ({', '.join(ent.tables)})")
+        for tname, t in ent.tables.items():
+            tw = f"{where}.tables.{tname}"
+            if t.source not in cfg.sources:
+                problems.append(f"{tw}.source: unknown source {t.source!r} (known: {', '.join(cfg.sources) or 'none'})")
+            if tname == ent.root:
+                if t.parent is not None:
+                    problems.append(f"{tw}.parent: the root table cannot have a parent")
+                continue
+            if t.parent is None:
+                problems.append(f"{tw}.parent: missing (every table but the root needs a parent)")
+            elif t.parent not in ent.tables:
+                problems.append(f"{tw}.parent: {t.parent!r} is not a table of entity {name!r}")
+            if not t.join:
+                problems.append(f"{tw}.join: missing (map child columns to parent columns)")
+        for rname, r in ent.references.items():
+            if r.source not in cfg.sources:
+                problems.append(f"{where}.references.{rname}.source: unknown source {r.source!r}")
+            if rname in ent.tables:
+                problems.append(f"{where}.references.{rname}: name clashes with a table of the entity")
+        # parent chains must reach the root without cycles
+        for tname in ent.tables:
+            seen, cur = set(), tname
+            while cur is not None and cur in ent.tables and cur not in seen:
+                seen.add(cur)
+                cur = ent.tables[cur].parent
+            if cur is not None and cur in seen:
+                problems.append(f"{where}.tables.{tname}: parent chain has a cycle")
+    return problems
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def parse_config(data: dict[str, Any], origin: str) -> Config:
+    """Validate a parsed TOML document; raise one ConfigError listing every problem."""
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"  {_format_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"{origin}: invalid configuration:\n" + "\n".join(lines)) from None
+    problems = _cross_check(cfg)
+    if problems:
+        raise ConfigError(f"{origin}: invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+    return cfg
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate ``microdb.toml`` at ``path``."""
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file (run `microdb init` to create a workspace)")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: malformed TOML: {exc}") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,365 @@
+"""The Python API: a workspace, its entities, SQL on them, sync, export and forget."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import pyarrow as pa
+
+from microdb.config import CONFIG_FILE, Config, load_config
+from microdb.entity import EntityType, entity_type, parse_address
+from lineage.audit import AuditEvent, AuditLog
+from microdb.errors import ConfigError, EntityNotFound, MicrodbError, QueryError, QueryRefused
+from microdb.hydrate import Hydrated, Pool, locked_database, register_tables
+from microdb.keys import Keyring, load_master_key
+from microdb.projection import Progress, Projector, Selection, SyncResult, _no_progress
+from microdb.sourceset import SourceSet
+from microdb.store import Store
+
+if TYPE_CHECKING:
+    import polars
+
+WORKSPACE_ENV = "MICRODB_WORKSPACE"
+RAW_ROLE = "admin"
+FANOUT_KEY = "entity_key"
+
+
+def find_workspace(path: str | os.PathLike[str] | None = None) -> Path:
+    """The workspace folder: ``path``, else ``MICRODB_WORKSPACE``, else the current directory."""
+    root = Path(path) if path is not None else Path(os.environ.get(WORKSPACE_ENV) or ".")
+    root = root.expanduser().resolve()
+    if not (root / CONFIG_FILE).exists():
+        raise ConfigError(f"{root}: not a microdb workspace (no {CONFIG_FILE}; run `microdb init {root}`)")
+    return root
+
+
+class Workspace:
+    """A folder with ``microdb.toml``, its key and its sealed store."""
+
+    def __init__(self, root: Path, cfg: Config | None = None, actor: str | None = None) -> None:
+        self.root = root
+        self.config = cfg or load_config(root / CONFIG_FILE)
+        self.keyring = Keyring(load_master_key(root / self.config.workspace.key_file))
+        self.store = Store(root / self.config.store.path, self.keyring, self.config.store.compression_level)
+        self.sources = SourceSet(self.config, root)
+        q = self.config.query
+        self.pool = Pool(q.pool_size, q.pool_memory_mb * 1024 * 1024, q.memory_limit)
+        self.actor = actor or _os_user()
+        a = self.config.audit
+        self.audit = AuditLog(root / a.path, self.keyring.derive("audit"), max_bytes=a.max_bytes, fsync=a.fsync) if a.enabled else None
+        self._types: dict[str, EntityType] = {}
+        self._projectors: dict[str, Projector] = {}
+        self._guards: dict[str, Any] = {}
+        self._refs: dict[tuple[str, str], tuple[int, dict[str, pa.Table]]] = {}
+        self._flight = [threading.Lock() for _ in range(64)]
+        self._lock = threading.Lock()
+
+    # audit --------------------------------------------------------------------------------
+    def record(self, action: str, outcome: str = "ok", **fields: Any) -> None:
+        """Append one audit record (after the action); raises AuditError if it cannot be written."""
+        if self.audit is not None:
+            self.audit.append(AuditEvent(action=action, outcome=outcome, actor=self.actor, **fields))
+
+    def checked(self, etype: str, sql: str, entity: str, role: str) -> Any:
+        """The guarded form of ``sql``; a refusal or syntax error is audited, then raised."""
+        try:
+            return self.guard(etype).check(sql)
+        except (QueryRefused, QueryError) as exc:
+            outcome = "refused" if isinstance(exc, QueryRefused) else "error"
+            self.record("query", outcome, role=role, entity=entity, sql=sql, error=exc.message)
+            raise
+
+    # entity types ---------------------------------------------------------------------------
+    def entity_type(self, name: str) -> EntityType:
+        et = self._types.get(name)
+        if et is None:
+            et = self._types[name] = entity_type(self.config, name)
+        return et
+
+    def projector(self, name: str) -> Projector:
+        with self._lock:
+            p = self._projectors.get(name)
+            if p is None:
+                p = self._projectors[name] = Projector(self.entity_type(name), self.sources, self.store)
+            return p
+
+    # sync ----------------------------------------------------------------------------------
+    def sync(
+        self,
+        etype: str,
+        *,
+        keys: Iterable[str] | None = None,
+        changed_since: datetime | None = None,
+        progress: Progress = _no_progress,
+    ) -> SyncResult:
+        """Project entities from the sources into the store: all of them, some keys, or changed ones."""
+        selection = Selection(tuple(str(k) for k in keys) if keys is not None else None, changed_since)
+        scope = "all" if selection.is_all else ("changed_since" if changed_since else "keys")
+        try:
+            result = self.projector(etype).sync(selection, progress, self.config.store.batch_size)
+        except MicrodbError as exc:
+            self.record("sync", "error", entity=f"{etype}/*", error=exc.message, details={"scope": scope})
+            raise
+        self.record(
+            "sync", entity=f"{etype}/*", rows=sum(result.rows.values()),
+            details={"scope": scope, "entities": result.entities, "source_queries": result.source_queries,
+                     "seconds": round(result.seconds, 3)},
+        )
+        self.pool.invalidate(etype)
+        self._refs = {k: v for k, v in self._refs.items() if k[0] != etype}
+        return result
+
+    def _ensure(self, et: EntityType, key: str) -> int:
+        """Make sure ``key`` is in the store per the type's on-demand mode; return its version."""
+        info = self.store.info(et.name, key)
+        fresh = info is not None and (
+            et.on_demand == "never" or (et.on_demand == "ttl" and time.time() - info.synced_at <= et.ttl)
+        )
+        if fresh:
+            return info.version
+        if et.on_demand == "never":
+            raise EntityNotFound(f"{et.name}/{key} is not in the store (on_demand = never: run `microdb sync {et.name}`)")
+        with self._flight[hash((et.name, key)) % len(self._flight)]:
+            again = self.store.info(et.name, key)
+            if again is not None and info is not None and again.version != info.version:
+                return again.version  # another caller projected it while we waited
+            if again is not None and info is None:
+                return again.version
+            res = self.projector(et.name).sync(Selection(keys=(key,)))
+            if res.missing_keys:
+                if info is not None:  # gone from the source: the stale copy goes too
+                    self.store.forget(et.name, key)
+                    self.pool.invalidate(et.name, key)
+                raise EntityNotFound(f"{et.name}/{key} not found in {et.root_table.qualified}")
+            self.pool.invalidate(et.name, key)
+            now = self.store.info(et.name, key)
+            assert now is not None
+            return now.version
+
+    # roles & masking -----------------------------------------------------------------------
+    def _role(self, role: str | None) -> str:
+        return role or self.config.workspace.default_role or RAW_ROLE
+
+    def _mask(self, role: str, et: EntityType, key: str | None, tables: dict[str, pa.Table]) -> tuple[dict[str, pa.Table], list[str]]:
+        if role == RAW_ROLE and RAW_ROLE not in self.config.roles:
+            return tables, []
+        from microdb.policies import apply_role
+
+        return apply_role(self, role, et, key, tables)
+
+    def _references(self, et: EntityType, role: str) -> dict[str, pa.Table]:
+        if not et.references:
+            return {}
+        version = self.store.reference_version(et.name)
+        cached = self._refs.get((et.name, role))
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        raw = self.store.references(et.name)
+        masked, _ = self._mask(role, et, None, raw)
+        self._refs[(et.name, role)] = (version, masked)
+        return masked
+
+    def _load(self, et: EntityType, key: str, role: str) -> tuple[dict[str, pa.Table], list[str]]:
+        rec = self.store.get(et.name, key)
+        if rec is None:
+            raise EntityNotFound(f"{et.name}/{key} is not in the store")
+        masked, withheld = self._mask(role, et, key, rec.tables)
+        return {**masked, **self._references(et, role)}, withheld
+
+    def hydrate(self, address: str, role: str | None = None) -> Hydrated:
+        etype, key = parse_address(address)
+        et = self.entity_type(etype)
+        role = self._role(role)
+        version = self._ensure(et, key)
+        return self.pool.get((etype, key, role), version, lambda: self._load(et, key, role))
+
+    # queries -------------------------------------------------------------------------------
+    def guard(self, etype: str) -> Any:
+        g = self._guards.get(etype)
+        if g is None:
+            from masking.guard import SqlGuard
+
+            g = self._guards[etype] = SqlGuard(self.entity_type(etype).table_names, max_rows=self.config.query.max_rows)
+        return g
+
+    def entity(self, address: str, role: str | None = None) -> "Entity":
+        """One entity instance as ``role`` sees it, projecting it first if needed."""
+        etype, key = parse_address(address)
+        self.entity_type(etype)
+        return Entity(self, etype, key, self._role(role))
+
+    def query(
+        self,
+        etype: str,
+        sql: str,
+        *,
+        keys: Iterable[str] | None = None,
+        role: str | None = None,
+    ) -> pa.Table:
+        """Fan-out: run ``sql`` on many entities (all synced ones when ``keys`` is None) and union
+        the results with an ``entity_key`` column first."""
+        et = self.entity_type(etype)
+        role = self._role(role)
+        scope = f"{etype}/*"
+        guarded = self.checked(etype, sql, scope, role)
+        key_list = [str(k) for k in keys] if keys is not None else self.store.keys(etype)
+        from masking.guard import run_guarded
+
+        db = self.pool.database(role)
+        timeout = self.config.query.timeout
+
+        def one(key: str) -> pa.Table:
+            version = self._ensure(et, key)
+            entry = self.pool.get((etype, key, role), version, lambda: self._load(et, key, role)) if keys is not None else None
+            if entry is not None:
+                with entry.lock:
+                    res = run_guarded(entry.cursor, guarded, timeout)
+            else:
+                tables, _ = self._load(et, key, role)
+                cur = register_tables(db, tables)
+                try:
+                    res = run_guarded(cur, guarded, timeout)
+                finally:
+                    cur.close()
+            return res.add_column(0, FANOUT_KEY, pa.array([key] * res.num_rows, pa.string()))
+
+        workers = max(1, min(self.config.query.fanout_workers, len(key_list)))
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                parts = list(pool.map(one, key_list))
+        except MicrodbError as exc:
+            self.record("query", "error", role=role, entity=scope, sql=guarded.sql, sql_hash=guarded.fingerprint,
+                        error=exc.message, details={"entities": len(key_list)})
+            raise
+        if parts:
+            out = pa.concat_tables(parts, promote_options="permissive")
+        else:
+            out = pa.table({FANOUT_KEY: pa.array([], pa.string())})
+        self.record("query", role=role, entity=scope, sql=guarded.sql, sql_hash=guarded.fingerprint,
+                    rows=out.num_rows, details={"entities": len(key_list)})
+        return out
+
+    # export & forget -----------------------------------------------------------------------
+    def export(self, address: str, path: Path, role: str | None = None, overwrite: bool = False) -> Path:
+        """Write the entity, as ``role`` sees it, to a real ``.duckdb`` file."""
+        tables = dict(self.hydrate(address, role).tables)
+        path = Path(path)
+        if path.exists():
+            if not overwrite:
+                raise MicrodbError(f"{path} exists (pass --force to overwrite)")
+            path.unlink()
+        tmp = path.with_name(path.name + ".tmp")
+        if tmp.exists():
+            tmp.unlink()
+        con = duckdb.connect(str(tmp))
+        try:
+            for name, table in tables.items():
+                con.register("__mdb_src", table)
+                con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM __mdb_src')
+                con.unregister("__mdb_src")
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        os.replace(tmp, path)
+        self.record("export", role=self._role(role), entity=address, rows=sum(t.num_rows for t in tables.values()),
+                    details={"path": str(path)})
+        return path
+
+    def forget(self, address: str) -> bool:
+        """Crypto-shred one entity: its data key and sealed record are destroyed."""
+        etype, key = parse_address(address)
+        self.entity_type(etype)
+        gone = self.store.forget(etype, key)
+        self.pool.invalidate(etype, key)
+        if not gone:
+            self.record("forget", "error", entity=address, error="not in the store")
+            raise EntityNotFound(f"{address} is not in the store")
+        self.record("forget", entity=address, details={"crypto_shredded": True})
+        return gone
+
+    def close(self) -> None:
+        self.pool.close()
+        self.sources.close()
+        self.store.close()
+
+    def __enter__(self) -> "Workspace":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Entity:
+    """An entity instance as one role sees it."""
+
+    def __init__(self, ws: Workspace, etype: str, key: str, role: str) -> None:
+        self.workspace = ws
+        self.type = etype
+        self.key = key
+        self.role = role
+
+    @property
+    def address(self) -> str:
+        return f"{self.type}/{self.key}"
+
+    def _entry(self) -> Hydrated:
+        return self.workspace.hydrate(self.address, self.role)
+
+    def tables(self) -> dict[str, pa.Table]:
+        """Every table of the micro-database (reference tables included), masked for the role."""
+        tables = dict(self._entry().tables)
+        self.workspace.record("get", role=self.role, entity=self.address, rows=sum(t.num_rows for t in tables.values()))
+        return tables
+
+    @property
+    def withheld(self) -> list[str]:
+        """Columns withheld from this role because no policy classifies them yet."""
+        return list(self._entry().withheld)
+
+    def sql(self, sql: str) -> pa.Table:
+        """Run a read-only query on this entity; returns an Arrow table."""
+        from masking.guard import run_guarded
+
+        ws = self.workspace
+        guarded = ws.checked(self.type, sql, self.address, self.role)
+        try:
+            entry = self._entry()
+            with entry.lock:
+                out = run_guarded(entry.cursor, guarded, ws.config.query.timeout)
+        except MicrodbError as exc:
+            ws.record("query", "error", role=self.role, entity=self.address, sql=guarded.sql,
+                      sql_hash=guarded.fingerprint, error=exc.message)
+            raise
+        ws.record("query", role=self.role, entity=self.address, sql=guarded.sql, sql_hash=guarded.fingerprint,
+                  rows=out.num_rows)
+        return out
+
+    def pl(self, sql: str) -> "polars.DataFrame":
+        """Like :meth:`sql`, as a polars DataFrame."""
+        import polars as pl
+
+        return pl.from_arrow(self.sql(sql))
+
+    def export(self, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+        return self.workspace.export(self.address, Path(path), self.role, overwrite)
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
+
+
+def open(path: str | os.PathLike[str] | None = None) -> Workspace:  # noqa: A001 - the public name
+    """Open the workspace at ``path`` (default: ``MICRODB_WORKSPACE`` or the current directory)."""
+    return Workspace(find_workspace(path))

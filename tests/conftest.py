@@ -1,0 +1,111 @@
+"""Shared fixtures: the real PostgreSQL and MariaDB of this machine, the bank fixture,
+and workspaces built on every kind of source. Services that are down fail the tests
+with the command that starts them; nothing is skipped."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+PG_DSN = os.environ.get("MICRODB_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+MYSQL = dict(host="127.0.0.1", port=3306, user="root")
+PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+MYSQL_START = "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd"
+TEST_CUSTOMERS = 300
+
+
+def unique_name(prefix: str = "mdbtest") -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def require_postgres() -> str:
+    import psycopg
+
+    try:
+        with psycopg.connect(PG_DSN, connect_timeout=5) as con:
+            con.execute("SELECT 1")
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_DSN} ({exc}); start it with: {PG_START}", pytrace=False)
+    return PG_DSN
+
+
+def require_mysql() -> dict:
+    import pymysql
+
+    try:
+        pymysql.connect(**MYSQL, connect_timeout=5).close()
+    except pymysql.err.OperationalError as exc:
+        pytest.fail(f"MariaDB is not reachable at 127.0.0.1:3306 ({exc}); start it with: {MYSQL_START}", pytrace=False)
+    return dict(MYSQL)
+
+
+@pytest.fixture(scope="session")
+def bank_tables():
+    from fixtures.bank import generate
+
+    return generate(customers=TEST_CUSTOMERS, seed=3)
+
+
+@pytest.fixture(scope="session")
+def pg_bank(bank_tables):
+    """The bank fixture loaded into a fresh PostgreSQL schema (dropped after the session)."""
+    from fixtures.load import drop_postgres, load_postgres
+
+    dsn = require_postgres()
+    schema = load_postgres(bank_tables, dsn, schema=unique_name())
+    yield f"{dsn}?schema={schema}", schema
+    drop_postgres(schema, dsn)
+
+
+@pytest.fixture(scope="session")
+def mysql_bank(bank_tables):
+    """The bank fixture loaded into a fresh MariaDB database (dropped after the session)."""
+    from fixtures.load import drop_mysql, load_mysql
+
+    conn = require_mysql()
+    db = load_mysql(bank_tables, conn["host"], conn["port"], conn["user"], database=unique_name())
+    yield f"mysql://root@127.0.0.1:3306/{db}", db
+    drop_mysql(db, conn["host"], conn["port"], conn["user"])
+
+
+def make_workspace(path: Path, sources: dict[str, str], extra: str = "") -> Path:
+    """A workspace folder with the given sources and a fresh key file."""
+    from microdb.keys import generate_key_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    body = "version = 1\n\n" + "".join(f'[sources.{n}]\nurl = "{u}"\n\n' for n, u in sources.items()) + extra
+    (path / "microdb.toml").write_text(body)
+    generate_key_file(path / ".microdb" / "master.key")
+    return path
+
+
+def add_discovered(path: Path, source: str, root: str, key: list[str] | None = None) -> str:
+    """Run discovery and append the entity type to the workspace config; returns its name."""
+    import microdb
+    from microdb.discover import discover, to_toml
+    from microdb.init import append_entity
+
+    ws = microdb.open(path)
+    try:
+        name, ent = discover(ws.config, ws.sources, source, root, key)
+    finally:
+        ws.close()
+    append_entity(path / "microdb.toml", name, to_toml(name, ent))
+    return name
+
+
+@pytest.fixture(scope="session")
+def demo_ws(tmp_path_factory):
+    """The embedded demo workspace (SQLite + Parquet, three sources), synced."""
+    import microdb
+    from microdb.init import init_workspace
+
+    path = tmp_path_factory.mktemp("demo")
+    init_workspace(path, demo=True, customers=TEST_CUSTOMERS, seed=3)
+    ws = microdb.open(path)
+    ws.sync("customer")
+    yield ws
+    ws.close()
