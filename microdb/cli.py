@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
-import click
 import pyarrow as pa
 import typer
 from rich.console import Console
@@ -19,9 +19,14 @@ from rich.table import Table
 from microdb import workspace as wsmod
 from microdb.errors import MicrodbError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Per-entity micro-databases, masked on read.")
-out = Console()
-err = Console(stderr=True)
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Per-entity micro-databases, masked on read.",
+)
+# piped output (make, CI, files) gets a wide console instead of rich's 80 columns
+_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "160"))
+out = Console(width=_WIDTH)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else int(os.environ.get("COLUMNS", "160")))
 
 
 class State:
@@ -56,7 +61,7 @@ def render_table(table: pa.Table, title: str | None = None, limit: int | None = 
     shown = table if limit is None else table.slice(0, limit)
     t = Table(title=title, title_justify="left", header_style="bold cyan", show_lines=False)
     for field in table.schema:
-        t.add_column(field.name, overflow="fold")
+        t.add_column(field.name, overflow="ellipsis", no_wrap=True, max_width=32)
     for row in shown.to_pylist():
         t.add_row(*(_cell(v) for v in row.values()))
     out.print(t)
@@ -288,22 +293,66 @@ def forget(address: str = typer.Argument(..., help="TYPE/KEY to destroy.")) -> N
         ws.close()
 
 
+audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
+app.add_typer(audit_app, name="audit")
+
+
+def _audit_log():
+    ws = _open()
+    if ws.audit is None:
+        ws.close()
+        raise MicrodbError("the audit log is disabled in this workspace ([audit] enabled = false)")
+    return ws
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the whole hash chain and every signature; report the first broken record."""
+    ws = _audit_log()
+    try:
+        res = ws.audit.verify()
+    finally:
+        ws.close()
+    if res.ok:
+        out.print(f"[green]audit log intact[/green]: {res.records} records in {res.files} file(s)")
+        return
+    err.print(
+        f"[bold red]audit log broken[/bold red] at record seq {res.first_bad} ({res.file}, line {res.line}): {res.reason}; "
+        f"{res.records} records before it are intact"
+    )
+    raise typer.Exit(8)
+
+
+@audit_app.command("log")
+def audit_log(
+    entity: Optional[str] = typer.Option(None, "--entity", help="Only records of this entity (TYPE/KEY)."),
+    user: Optional[str] = typer.Option(None, "--user", help="Only records of this actor."),
+    action: Optional[str] = typer.Option(None, "--action", help="Only this action (query, sync, export …)."),
+    outcome: Optional[str] = typer.Option(None, "--outcome", help="ok, refused or error."),
+    since: Optional[datetime] = typer.Option(None, "--since", help="Only records at or after this time (UTC)."),
+    limit: int = typer.Option(50, "--limit", help="Newest N records (table format)."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, json or csv."),
+) -> None:
+    """Query the audit log."""
+    ws = _audit_log()
+    try:
+        table = ws.audit.query(entity=entity, actor=user, action=action, outcome=outcome, since=since)
+    finally:
+        ws.close()
+    if fmt == "table":
+        cols = [c for c in ("seq", "time", "actor", "role", "action", "outcome", "entity", "rows", "error") if c in table.column_names]
+        render_table(table.select(cols).slice(max(table.num_rows - limit, 0)))
+        return
+    emit(table, fmt, None)
+
+
 def main() -> None:
     """Console entry point: one clear line and an exit code per error class."""
     try:
-        app(standalone_mode=False)
+        app()
     except MicrodbError as exc:
         err.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False)
         sys.exit(exc.exit_code)
-    except (typer.Exit, SystemExit) as exc:
-        code = getattr(exc, "exit_code", None) if isinstance(exc, typer.Exit) else exc.code
-        sys.exit(code or 0)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -233,7 +233,7 @@ class Projector:
             root = self.etype.root_table
             rt = raw[root.name]
             rt = rt.append_column(KEY_COL, key_strings(rt, key))
-            keys_sorted = pc.unique(rt.column(KEY_COL)).combine_chunks() if isinstance(rt.column(KEY_COL), pa.ChunkedArray) else pc.unique(rt.column(KEY_COL))
+            keys_sorted = pc.unique(rt.column(KEY_COL))
             keys_sorted = keys_sorted.take(pc.sort_indices(keys_sorted))
             ords = pa.table({KEY_COL: keys_sorted, ORD_COL: pa.array(np.arange(len(keys_sorted), dtype=np.int64))})
             con.register("__mdb_ords", ords)
@@ -246,7 +246,7 @@ class Projector:
                 con.register("__mdb_child", child.append_column(ROW_COL, pa.array(np.arange(child.num_rows, dtype=np.int64))))
                 pj = ", ".join(f'{_q(pcol)} AS "__j{i}"' for i, pcol in enumerate(t.parent_columns))
                 on = " AND ".join(f'c.{_q(ccol)} = p."__j{i}"' for i, ccol in enumerate(t.columns))
-                res = con.execute(
+                res = con.sql(
                     f"SELECT c.*, p.{KEY_COL} FROM __mdb_child c JOIN "
                     f"(SELECT DISTINCT {pj}, {KEY_COL} FROM __mdb_parent) p ON {on}"
                 ).to_arrow_table()
@@ -261,7 +261,7 @@ class Projector:
                 tbl = labelled[t.name]
                 tbl = tbl.append_column(ROW_COL, pa.array(np.arange(tbl.num_rows, dtype=np.int64)))
                 con.register("__mdb_t", tbl)
-                res = con.execute(
+                res = con.sql(
                     f"SELECT t.* EXCLUDE ({KEY_COL}, {ROW_COL}), o.{ORD_COL} FROM __mdb_t t JOIN __mdb_ords o "
                     f"USING ({KEY_COL}) ORDER BY o.{ORD_COL}, t.{ROW_COL}"
                 ).to_arrow_table()

@@ -118,6 +118,8 @@ def on_uniques(values: Values, fn: Callable[[pa.Array], pa.Array]) -> pa.Array:
     than tokenizing every row. Nulls stay null.
     """
     arr = as_array(values)
+    if pa.types.is_string_view(arr.type) or pa.types.is_binary_view(arr.type):
+        arr = arr.cast(pa.large_string() if pa.types.is_string_view(arr.type) else pa.large_binary())
     if not pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_encode()
     out = fn(arr.dictionary)

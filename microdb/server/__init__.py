@@ -1,0 +1,1 @@
+"""Servers that expose micro-databases to clients: the PostgreSQL wire protocol (``pgwire``)."""
