@@ -351,7 +351,7 @@ def main() -> None:
     try:
         app()
     except MicrodbError as exc:
-        err.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False)
+        err.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
 
 

@@ -27,11 +27,25 @@ def encode(batches: dict[str, tuple[str, pa.RecordBatch]]) -> bytes:
     parts: list[pa.Buffer] = []
     header = []
     for name, (sid, batch) in batches.items():
+        if batch.num_rows == 0:
+            # a zero-length slice would serialize its parent's whole buffers
+            batch = _empty(batch.schema)
         buf = batch.serialize()
         parts.append(buf)
         header.append([name, sid, buf.size])
     head = json.dumps(header, separators=(",", ":")).encode()
     return b"".join([_HEADER.pack(len(head)), head, *(p.to_pybytes() for p in parts)])
+
+
+_EMPTY: dict[str, pa.RecordBatch] = {}
+
+
+def _empty(schema: pa.Schema) -> pa.RecordBatch:
+    key = schema_id(schema)
+    batch = _EMPTY.get(key)
+    if batch is None:
+        batch = _EMPTY[key] = pa.RecordBatch.from_arrays([pa.array([], f.type) for f in schema], schema=schema)
+    return batch
 
 
 def decode(payload: bytes, schemas: dict[str, pa.Schema]) -> dict[str, pa.Table]:

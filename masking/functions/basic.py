@@ -7,8 +7,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
-from masking.functions.registry import MaskContext, Params, Values, as_array, register
-from masking.functions.textbuf import build_strings, is_text, rank_within, string_buffers, value_ids, with_validity
+from masking.functions.registry import MaskContext, Params, Values, as_array, on_uniques, register
+from masking.functions.textbuf import (
+    build_strings,
+    flagged_positions,
+    is_text,
+    rank_within,
+    string_buffers,
+    value_ids,
+    with_validity,
+)
 
 
 class KeepParams(Params):
@@ -32,6 +40,8 @@ class RedactParams(Params):
 def redact(values: Values, params: RedactParams, ctx: MaskContext) -> pa.Array:
     """Strings become one constant; other types (and ``null = true``) become NULL."""
     arr = as_array(values)
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.cast(arr.type.value_type)
     if params.null or not is_text(arr.type):
         return pa.nulls(len(arr), arr.type)
     const = pa.array([params.value], type=arr.type)
@@ -72,12 +82,52 @@ def partial(values: Values, params: PartialParams, ctx: MaskContext) -> pa.Array
     so ``partial`` never shows a short value in full.
     """
     arr = as_array(values)
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.cast(arr.type.value_type)
     text = arr if is_text(arr.type) else pc.cast(arr, pa.string())
+    if not params.preserve_separators:
+        return _partial_chars(text, params)
+    return on_uniques(text, lambda u: _partial_alnum(u, params))
+
+
+def _partial_chars(text: pa.Array, params: PartialParams) -> pa.Array:
+    """Every character counts and is masked: done by Arrow's UTF-8 kernels."""
+    kf, kl = params.keep_first, params.keep_last
+    big = pa.large_string()
+    wide = text.cast(big)
+    mask = pa.scalar(params.mask_char, big)
+    length = pc.utf8_length(wide)
+    shown = pc.greater(length, kf + kl)
+    head = pc.utf8_slice_codeunits(wide, 0, kf)
+    tail = pc.utf8_slice_codeunits(wide, -kl) if kl else pc.utf8_slice_codeunits(wide, 0, 0)
+    middle = pc.binary_repeat(mask, pc.max_element_wise(pc.subtract(length, kf + kl), 0))
+    kept = pc.binary_join_element_wise(head, middle, tail, pa.scalar("", big))
+    return pc.if_else(shown, kept, pc.binary_repeat(mask, length)).cast(text.type)
+
+
+def _partial_alnum(text: pa.Array, params: PartialParams) -> pa.Array:
+    """Only letters and digits count and are masked (distinct values, no nulls)."""
     data, offsets = string_buffers(text)
     if len(data) == 0:
-        return with_validity(build_strings(data, offsets, text), text)
+        return build_strings(data, offsets, text)
+    if (data >= 0x80).any():
+        return _partial_unicode(data, offsets, text, params)
+    positions, first, counts = flagged_positions(_ASCII_ALNUM[data], offsets)
+    kf, kl = params.keep_first, params.keep_last
+    shown = counts > kf + kl
+    lo = np.where(shown, first + kf, first)
+    hi = np.where(shown, first + counts - kl, first + counts)
+    edges = np.bincount(lo, minlength=len(positions) + 1) - np.bincount(hi, minlength=len(positions) + 1)
+    masked = np.cumsum(edges[:-1]) > 0
+    out = data.copy()
+    out[positions[masked]] = ord(params.mask_char)
+    return build_strings(out, offsets, text)
+
+
+def _partial_unicode(data: np.ndarray, offsets: np.ndarray, text: pa.Array, params: PartialParams) -> pa.Array:
+    """The general path: non-ASCII characters count as letters and shrink to one mask char."""
     is_lead = (data & 0xC0) != 0x80
-    maskable = is_lead & _ASCII_ALNUM[data] if params.preserve_separators else is_lead
+    maskable = is_lead & _ASCII_ALNUM[data]
     ranks, counts = rank_within(maskable, offsets)
     vid = value_ids(offsets)
     count_b = counts[vid]
@@ -85,10 +135,8 @@ def partial(values: Values, params: PartialParams, ctx: MaskContext) -> pa.Array
     kept &= count_b > params.keep_first + params.keep_last
     masked_lead = maskable & ~kept
     char_id = np.cumsum(is_lead) - 1
-    lead_pos = np.nonzero(is_lead)[0]
-    masked = masked_lead[lead_pos][char_id]
+    masked = masked_lead[np.flatnonzero(is_lead)][char_id]
     emit = ~masked | is_lead
     out = np.where(masked, np.uint8(ord(params.mask_char)), data)[emit]
     lengths = np.bincount(vid[emit], minlength=len(offsets) - 1)
-    new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    return with_validity(build_strings(out, new_offsets, text), text)
+    return build_strings(out, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), text)

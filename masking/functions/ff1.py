@@ -10,6 +10,7 @@ per-value path.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -115,8 +116,7 @@ class FF1:
             return x.copy()
         u, v, b, d, p, q_prefix = self._setup(n)
         if self.radix**v >= _FAST_LIMIT or self.radix > 256:
-            one = self.decrypt_one if decrypt else self.encrypt_one
-            return np.array([one(row.tolist()) for row in x], dtype=x.dtype).reshape(k, n)
+            return self._matrix_big(x, decrypt=decrypt)
         radix = np.uint64(self.radix)
         mods = {u: np.uint64(self.radix**u), v: np.uint64(self.radix**v)}
         num_a = self._num_rows(x[:, :u], radix)
@@ -134,20 +134,100 @@ class FF1:
             last[:, BLOCK - b - 1] = i
             last[:, BLOCK - b :] = source.astype(">u8").view(np.uint8).reshape(k, 8)[:, 8 - b :]
             r = cbc_mac_fixed(self.key, state_arr, last)
-            y = np.zeros(k, dtype=np.uint64)
             mod = mods[m]
-            for j in range(d):
-                y = ((y << np.uint64(8)) | r[:, j].astype(np.uint64)) % mod
+            y = self._bytes_mod(r, d, int(mod).bit_length(), mod)
             if decrypt:
-                c = (num_b + mod - y) % mod
+                c = num_b - y
+                c += np.where(num_b < y, mod, np.uint64(0))
                 num_a, num_b = c, num_a
             else:
-                c = (num_a + y) % mod
+                c = num_a + y
+                c -= np.where(c >= mod, mod, np.uint64(0))
                 num_a, num_b = num_b, c
         out = np.empty_like(x)
         out[:, :u] = self._str_rows(num_a, u, radix)
         out[:, u:] = self._str_rows(num_b, v, radix)
         return out
+
+    def _matrix_big(self, x: np.ndarray, *, decrypt: bool) -> np.ndarray:
+        """Rounds for numbers beyond 56 bits: AES still runs once per round over all rows;
+        only the modular arithmetic uses Python integers, one list per round."""
+        k, n = x.shape
+        u, v, b, d, p, q_prefix = self._setup(n)
+        radix = self.radix
+        num_a, num_b = self._big_nums(x[:, :u]), self._big_nums(x[:, u:])
+        state = np.frombuffer(self._prf(p), dtype=np.uint8)
+        q_len = len(q_prefix) + 1 + b
+        q = np.zeros((k, q_len), dtype=np.uint8)
+        q[:, : len(q_prefix)] = np.frombuffer(q_prefix, dtype=np.uint8)
+        for i in reversed(range(ROUNDS)) if decrypt else range(ROUNDS):
+            m = u if i % 2 == 0 else v
+            mod = radix**m
+            source = num_a if decrypt else num_b
+            q[:, len(q_prefix)] = i
+            q[:, len(q_prefix) + 1 :] = np.frombuffer(
+                b"".join(value.to_bytes(b, "big") for value in source), dtype=np.uint8
+            ).reshape(k, b)
+            r = cbc_mac_fixed(self.key, state, q)
+            blocks = [r]
+            for j in range(1, _ceil_div(d, 16)):
+                counter = np.zeros(BLOCK, dtype=np.uint8)
+                counter[-4:] = np.frombuffer(j.to_bytes(4, "big"), dtype=np.uint8)
+                blocks.append(aes_blocks(self.key, r ^ counter))
+            s_bytes = np.hstack(blocks)[:, :d].tobytes()
+            ys = [int.from_bytes(s_bytes[row * d : (row + 1) * d], "big") for row in range(k)]
+            if decrypt:
+                num_a, num_b = [(nb - y) % mod for nb, y in zip(num_b, ys)], num_a
+            else:
+                num_a, num_b = num_b, [(na + y) % mod for na, y in zip(num_a, ys)]
+        out = np.empty_like(x)
+        out[:, :u] = self._big_digits(num_a, u)
+        out[:, u:] = self._big_digits(num_b, v)
+        return out
+
+    def _chunk(self) -> int:
+        """Numerals per uint64 chunk (radix**chunk < 2**56)."""
+        return max(1, int(55 // math.log2(self.radix)))
+
+    def _big_nums(self, digits: np.ndarray) -> list[int]:
+        """NUM_radix of each row as a Python int, built from uint64 chunks."""
+        w = self._chunk()
+        radix = np.uint64(self.radix)
+        n = digits.shape[1]
+        acc = [0] * digits.shape[0]
+        for start in range(0, n, w):
+            part = digits[:, start : start + w]
+            scale = self.radix ** part.shape[1]
+            chunk = self._num_rows(part, radix).tolist()
+            acc = [a * scale + c for a, c in zip(acc, chunk)]
+        return acc
+
+    def _big_digits(self, nums: list[int], m: int) -> np.ndarray:
+        """STR^m_radix of Python ints, split into uint64 chunks first."""
+        w = self._chunk()
+        radix = np.uint64(self.radix)
+        out = np.empty((len(nums), m), dtype=np.uint8 if self.radix <= 256 else np.uint16)
+        for end in range(m, 0, -w):
+            width = min(w, end)
+            scale = self.radix**width
+            pairs = [divmod(value, scale) for value in nums]
+            nums = [q for q, _ in pairs]
+            out[:, end - width : end] = self._str_rows(np.array([r for _, r in pairs], dtype=np.uint64), width, radix)
+        return out
+
+    @staticmethod
+    def _bytes_mod(r: np.ndarray, d: int, mod_bits: int, mod: np.uint64) -> np.ndarray:
+        """NUM(r[:, :d]) mod ``mod`` (d <= 16): the first 8 bytes as one word, the rest in
+        as large chunks as 64-bit arithmetic allows."""
+        words = np.ascontiguousarray(r[:, :16]).view(">u8").astype(np.uint64)
+        head = min(d, 8)
+        y = (words[:, 0] >> np.uint64(64 - 8 * head)) % mod
+        step = max(1, (64 - mod_bits) // 8)
+        for j in range(8, d, step):
+            width = min(step, d - j)
+            chunk = (words[:, 1] >> np.uint64(64 - 8 * (j - 8 + width))) & np.uint64((1 << (8 * width)) - 1)
+            y = ((y << np.uint64(8 * width)) | chunk) % mod
+        return y
 
     @staticmethod
     def _num_rows(digits: np.ndarray, radix: np.uint64) -> np.ndarray:
@@ -158,9 +238,9 @@ class FF1:
 
     @staticmethod
     def _str_rows(num: np.ndarray, m: int, radix: np.uint64) -> np.ndarray:
-        out = np.empty((num.shape[0], m), dtype=np.uint8)
+        out = np.empty((num.shape[0], m), dtype=np.uint8 if radix <= 256 else np.uint16)
         num = num.copy()
         for j in range(m - 1, -1, -1):
-            out[:, j] = (num % radix).astype(np.uint8)
+            out[:, j] = num % radix
             num //= radix
         return out

@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 
 from masking.functions.ff1 import FF1
 from masking.functions.registry import MaskContext, Params, Values, as_array, on_uniques, register
-from masking.functions.textbuf import build_strings, is_text, rank_within, string_buffers, value_ids
+from masking.functions.textbuf import build_strings, flagged_positions, is_text, string_buffers
 
 MIN_DOMAIN = 1_000_000
 _DIGITS = "0123456789"
@@ -99,6 +99,11 @@ def _cipher(params: FpeParams, ctx: MaskContext, decrypt: bool):
 
 
 def _transform(values: pa.Array, params: FpeParams, ctx: MaskContext, decrypt: bool) -> pa.Array:
+    """Encrypt (or decrypt) the alphabet characters of distinct non-null strings.
+
+    Values are grouped by how many alphabet characters they hold; each group is one
+    ``(k, count)`` matrix of numerals, so FF1 and the Luhn digit run on whole groups.
+    """
     chars = params.chars.encode()
     radix = len(chars)
     lut = np.full(256, 255, dtype=np.uint8)
@@ -106,44 +111,67 @@ def _transform(values: pa.Array, params: FpeParams, ctx: MaskContext, decrypt: b
     alphabet = np.frombuffer(chars, dtype=np.uint8)
     data, offsets = string_buffers(values)
     digits = lut[data]
-    is_alpha = digits != 255
-    ranks, counts = rank_within(is_alpha, offsets)
-    vid = value_ids(offsets)
-    n_enc = counts - params.keep_prefix - params.keep_suffix - int(params.luhn)
-    short = n_enc < params.min_length
+    uniform = _uniform_layout(digits, offsets)
+    if uniform is not None:
+        positions = uniform.ravel()
+        counts = np.full(len(offsets) - 1, uniform.shape[1], dtype=np.int64)
+        first = np.arange(len(counts), dtype=np.int64) * uniform.shape[1]
+    else:
+        positions, first, counts = flagged_positions(digits != 255, offsets)
+    kept = params.keep_prefix + params.keep_suffix + int(params.luhn)
+    short = counts - kept < params.min_length
     if short.any() and params.on_short == "error":
         raise ctx.error(
             "fpe",
             f"{int(short.sum())} value(s) have fewer than {params.min_length} characters to encrypt "
-            f"(shortest: {max(int(n_enc.min()), 0)}); FPE needs a domain of at least 1,000,000 values "
-            "(NIST SP 800-38G Rev. 1 draft). Use hmac_token or partial, or on_short = 'null'",
+            f"(shortest: {max(int(counts.min()) - kept, 0)}); FPE needs a domain of at least 1,000,000 "
+            "values (NIST SP 800-38G Rev. 1 draft). Use hmac_token or partial, or on_short = 'null'",
         )
-    n_enc_b = n_enc[vid]
-    enc = is_alpha & (ranks >= params.keep_prefix) & (ranks < params.keep_prefix + n_enc_b) & ~short[vid]
     out = data.copy()
     run = _cipher(params, ctx, decrypt)
-    for length in np.unique(n_enc[~short]):
-        pos = np.nonzero(enc & (n_enc_b == length))[0].reshape(-1, int(length))
-        out[pos] = alphabet[run(digits[pos])]
-    if params.luhn:
-        _fix_luhn(out, is_alpha, ranks, counts, vid, ~short)
+    lo = params.keep_prefix
+    for count in np.unique(counts[~short]).tolist():
+        if uniform is not None:
+            where = uniform
+        else:
+            rows = np.flatnonzero(counts == count)
+            where = positions[first[rows][:, None] + np.arange(count)]
+        numerals = digits[where]
+        hi = count - params.keep_suffix - int(params.luhn)
+        numerals[:, lo:hi] = run(np.ascontiguousarray(numerals[:, lo:hi]))
+        if params.luhn:
+            numerals[:, -1] = luhn_digit(numerals[:, :-1])
+        out[where] = alphabet[numerals]
     result = build_strings(out, offsets, values)
     if short.any():
         result = pc.if_else(pa.array(~short), result, pa.scalar(None, result.type))
     return result
 
 
-def _fix_luhn(out: np.ndarray, is_alpha: np.ndarray, ranks, counts, vid, valid) -> None:
-    """Rewrite each value's last digit so the whole number passes the Luhn check."""
-    from_right = counts[vid] - 1 - ranks
-    d = (out.astype(np.int64) - ord("0")) * is_alpha
-    doubled = np.where(from_right % 2 == 1, d * 2, d)
-    doubled = np.where(doubled > 9, doubled - 9, doubled)
-    body = is_alpha & (from_right >= 1)
-    total = np.bincount(vid[body], weights=doubled[body], minlength=len(counts)).astype(np.int64)
-    check = (10 - total % 10) % 10
-    last = is_alpha & (from_right == 0) & valid[vid]
-    out[last] = (ord("0") + check[vid[last]]).astype(np.uint8)
+_DOUBLED = np.array([0, 2, 4, 6, 8, 1, 3, 5, 7, 9], dtype=np.uint8)
+
+
+def luhn_digit(body: np.ndarray) -> np.ndarray:
+    """The Luhn check digit for each row of digits (the number without its last digit)."""
+    rev = body[:, ::-1]
+    total = _DOUBLED[rev[:, 0::2]].sum(axis=1, dtype=np.int64) + rev[:, 1::2].sum(axis=1, dtype=np.int64)
+    return ((10 - total % 10) % 10).astype(np.uint8)
+
+
+def _uniform_layout(digits: np.ndarray, offsets: np.ndarray) -> np.ndarray | None:
+    """When every value has the same bytes and alphabet positions (``4111-1111-…``), the
+    ``(n, count)`` byte positions of the alphabet characters; otherwise None."""
+    n = len(offsets) - 1
+    if n == 0 or len(digits) == 0:
+        return None
+    width = int(offsets[1] - offsets[0])
+    if width == 0 or len(digits) != n * width or not (np.diff(offsets) == width).all():
+        return None
+    alpha = (digits != 255).reshape(n, width)
+    if not (alpha == alpha[0]).all():
+        return None
+    columns = np.flatnonzero(alpha[0])
+    return np.arange(n, dtype=np.int64)[:, None] * width + columns
 
 
 def _needs_text(values: Values, ctx: MaskContext) -> None:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from masking.functions.textbuf import string_buffers
+from masking.functions.textbuf import is_text, string_buffers
 
 BLOCK = 16
 _RB = 0x87  # CMAC constant for 128-bit blocks
@@ -62,22 +62,23 @@ def cmac(key: bytes, data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     starts, lengths, nblocks = starts[order], lengths[order], nblocks[order]
     active_at = np.searchsorted(-nblocks, -np.arange(1, int(nblocks[0]) + 1), side="right")
     padded = np.concatenate([data.astype(np.uint8, copy=False), np.zeros(BLOCK, dtype=np.uint8)])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, BLOCK)
     lane = np.arange(BLOCK, dtype=np.int64)
     state = np.zeros((n, BLOCK), dtype=np.uint8)
     for j, count in enumerate(active_at):
         count = int(count)
-        pos = starts[:count, None] + j * BLOCK + lane
-        inside = (j * BLOCK + lane) < lengths[:count, None]
-        block = np.where(inside, padded[np.minimum(pos, len(padded) - 1)], 0).astype(np.uint8)
+        block = windows[starts[:count] + j * BLOCK]
         last = nblocks[:count] == j + 1
-        if last.any():
-            tail = lengths[:count] - j * BLOCK
-            full = last & (tail == BLOCK)
-            short = last & ~full
-            block[full] ^= k1
-            rows = np.nonzero(short)[0]
-            block[rows, tail[rows]] = 0x80
-            block[rows] ^= k2
+        rows = np.nonzero(last)[0]
+        if len(rows):
+            tail = lengths[rows] - j * BLOCK
+            tail_block = np.where(lane < tail[:, None], block[rows], 0).astype(np.uint8)
+            full = tail == BLOCK
+            tail_block[full] ^= k1
+            short_rows = np.nonzero(~full)[0]
+            tail_block[short_rows, tail[short_rows]] = 0x80
+            tail_block[short_rows] ^= k2
+            block[rows] = tail_block
         state[:count] = aes_blocks(key, state[:count] ^ block)
     tags = np.empty_like(state)
     tags[order] = state
@@ -156,7 +157,8 @@ def keyed_u64(values: pa.Array, key: bytes) -> np.ndarray:
         return np.zeros(0, dtype=np.uint64)
     if pa.types.is_boolean(t):
         values, t = pc.cast(values, pa.int8()), pa.int8()
-    if pa.types.is_integer(t) or pa.types.is_temporal(t) or pa.types.is_floating(t):
+    fixed = pa.types.is_temporal(t) and getattr(t, "bit_width", 0) in (32, 64)
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or fixed:
         if pa.types.is_floating(t):
             floats = values.cast(pa.float64()).to_numpy(zero_copy_only=False) + 0.0  # -0.0 -> 0.0
             bits = floats.view(np.uint64)
@@ -173,7 +175,7 @@ def keyed_u64(values: pa.Array, key: bytes) -> np.ndarray:
         block[:, 0] = bits
         block[:, 1] = tag
         return _u64_of_tag(aes_blocks(key, block.view(np.uint8).reshape(-1, BLOCK)))
-    if not (pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_string(t) or pa.types.is_large_string(t)):
+    if not (pa.types.is_binary(t) or pa.types.is_large_binary(t) or is_text(t)):
         values = pc.cast(values, pa.large_string())
     data, offsets = string_buffers(values)
     return _u64_of_tag(cmac(key, data, offsets))

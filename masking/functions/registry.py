@@ -11,7 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from microdb.errors import PolicyError
@@ -69,7 +71,8 @@ class MaskFunction:
             return self.params.model_validate(dict(raw))
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in exc.errors()
+                (f"{'.'.join(str(p) for p in e['loc'])}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
+                for e in exc.errors()
             )
             raise PolicyError(f"{self.name}: {problems}") from None
 
@@ -103,11 +106,17 @@ def function_names() -> list[str]:
 
 
 def as_array(values: Values) -> pa.Array:
-    """One contiguous array from an array or chunked array."""
+    """One contiguous array from an array or chunked array; string and binary views
+    become ``large_string`` / ``large_binary``, which every Arrow kernel accepts."""
     if isinstance(values, pa.ChunkedArray):
         if values.num_chunks == 1:
-            return values.chunk(0)
-        return values.combine_chunks() if values.num_chunks else pa.array([], type=values.type)
+            values = values.chunk(0)
+        else:
+            values = values.combine_chunks() if values.num_chunks else pa.array([], type=values.type)
+    if pa.types.is_string_view(values.type):
+        return values.cast(pa.large_string())
+    if pa.types.is_binary_view(values.type):
+        return values.cast(pa.large_binary())
     return values
 
 
@@ -115,12 +124,28 @@ def on_uniques(values: Values, fn: Callable[[pa.Array], pa.Array]) -> pa.Array:
     """Apply ``fn`` to the distinct non-null values only, then spread the results back.
 
     Most real columns repeat, so tokenizing the dictionary and taking is far cheaper
-    than tokenizing every row. Nulls stay null.
+    than tokenizing every row. A column that looks mostly distinct (judged on an evenly
+    spread sample) skips the dictionary and goes through ``fn`` whole; ``fn`` is
+    per-value, so the output is the same either way. Nulls stay null.
     """
     arr = as_array(values)
-    if pa.types.is_string_view(arr.type) or pa.types.is_binary_view(arr.type):
-        arr = arr.cast(pa.large_string() if pa.types.is_string_view(arr.type) else pa.large_binary())
-    if not pa.types.is_dictionary(arr.type):
-        arr = arr.dictionary_encode()
-    out = fn(arr.dictionary)
-    return out.take(arr.indices)
+    if pa.types.is_dictionary(arr.type):
+        return fn(arr.dictionary).take(arr.indices)
+    if len(arr) >= 4 * _SAMPLE:
+        sample = arr.take(np.linspace(0, len(arr) - 1, _SAMPLE).astype(np.int64))
+        repeats = _SAMPLE - len(pc.unique(sample))
+        if _SAMPLE * _SAMPLE / (2 * max(repeats, 1)) > len(arr) / 2:  # birthday estimate of distinct count
+            return _on_valid(arr, fn)
+    encoded = arr.dictionary_encode()
+    return fn(encoded.dictionary).take(encoded.indices)
+
+
+_SAMPLE = 16384
+
+
+def _on_valid(arr: pa.Array, fn: Callable[[pa.Array], pa.Array]) -> pa.Array:
+    if arr.null_count == 0:
+        return fn(arr)
+    valid = pc.is_valid(arr).to_numpy(zero_copy_only=False)
+    index = pa.array(np.cumsum(valid) - 1, mask=~valid)
+    return fn(arr.filter(pa.array(valid))).take(index)

@@ -69,3 +69,13 @@ def rank_within(flags: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.
     counts = cum[offsets[1:]] - before
     ranks = cum[:-1] - np.repeat(before, np.diff(offsets))
     return ranks, counts
+
+
+def flagged_positions(flags: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Byte positions of flagged bytes, and per value where its run starts in them and how long it is.
+
+    The flagged bytes of value *i* are ``positions[first[i] : first[i] + counts[i]]``.
+    """
+    positions = np.flatnonzero(flags)
+    bounds = np.searchsorted(positions, offsets)
+    return positions, bounds[:-1], np.diff(bounds)

@@ -35,6 +35,7 @@ _PG_EPOCH_DAYS = 10957  # 2000-01-01 in days since 1970-01-01
 _PG_EPOCH_US = _PG_EPOCH_DAYS * 86_400_000_000
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _EMPTY = pa.scalar(b"", pa.large_binary())
+_SMALL_RESULT = 32  # rows; up to this many, DataRows are assembled in Python
 
 
 class PgWireError(MicrodbError):
@@ -166,8 +167,9 @@ def _uuid_text(arr: pa.Array) -> pa.Array:
 
 
 def _strip_zero_fraction(s: pa.Array) -> pa.Array:
-    """``03:04:05.120000`` → ``03:04:05.12`` and ``03:04:05.000000`` → ``03:04:05``, as PostgreSQL prints."""
-    return pc.replace_substring_regex(s, r"\.0+$|(\.[0-9]*[1-9])0+$", r"\1")
+    """``03:04:05.120000`` → ``03:04:05.12`` and ``03:04:05.000000`` → ``03:04:05``, as PostgreSQL
+    prints. Every input has a fraction, so trimming zeros stops at the dot at the latest."""
+    return pc.utf8_rtrim(pc.utf8_rtrim(s, characters="0"), characters=".")
 
 
 def _utc_micros(arr: pa.Array) -> pa.Array:
@@ -196,7 +198,8 @@ def _interval_text(arr: pa.Array) -> pa.Array:
     def pad(x: np.ndarray) -> pa.Array:
         return pc.utf8_lpad(pa.array(x).cast(pa.string()), width=2, padding="0")
 
-    fraction = pc.binary_join_element_wise(".", pc.utf8_lpad(pa.array(frac).cast(pa.string()), width=6, padding="0"), "")
+    micros = pc.utf8_lpad(pa.array(frac).cast(pa.string()), width=6, padding="0")
+    fraction = pc.binary_join_element_wise(".", micros, "")
     clock = pc.binary_join_element_wise(pa.array(sign), pad(secs // 3600), ":", pad(secs // 60 % 60), ":",
                                         pad(secs % 60), fraction, "")
     text = pc.binary_join_element_wise(pa.array(months).cast(pa.string()), " mons ",
@@ -221,9 +224,9 @@ def text_column(col: pa.Array | pa.ChunkedArray) -> pa.Array:
     elif pa.types.is_boolean(t):
         out = pc.if_else(arr, pa.scalar(b"t", pa.large_binary()), pa.scalar(b"f", pa.large_binary()))
     elif pa.types.is_floating(t):
-        s = pc.cast(arr, pa.large_string())
-        s = pc.if_else(pc.is_nan(arr), "NaN", pc.replace_substring(s, "inf", "Infinity"))
-        out = s
+        out = pc.cast(arr, pa.large_string())
+        if not pc.all(pc.is_finite(arr)).as_py():
+            out = pc.if_else(pc.is_nan(arr), "NaN", pc.replace_substring(out, "inf", "Infinity"))
     elif pa.types.is_integer(t) or pa.types.is_decimal(t) or pa.types.is_date(t):
         out = pc.cast(arr, pa.large_string())
     elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
@@ -236,7 +239,8 @@ def text_column(col: pa.Array | pa.ChunkedArray) -> pa.Array:
     elif pa.types.is_timestamp(t):
         out = _strip_zero_fraction(pc.cast(_utc_micros(arr), pa.large_string()))
         if t.tz is not None:
-            out = pc.binary_join_element_wise(out, pa.scalar("+00", pa.large_string()), pa.scalar("", pa.large_string()))
+            out = pc.binary_join_element_wise(out, pa.scalar("+00", pa.large_string()),
+                                              pa.scalar("", pa.large_string()))
     elif pa.types.is_interval(t) or pa.types.is_duration(t):
         out = _interval_text(arr)
     elif pa.types.is_nested(t):
@@ -294,8 +298,8 @@ def datarows(columns: list[pa.Array]) -> pa.Buffer:
     if not columns:
         raise ValueError("datarows needs at least one column")
     n = len(columns[0])
-    if n == 0:
-        return pa.py_buffer(b"")
+    if n <= _SMALL_RESULT:
+        return pa.py_buffer(_datarows_small(columns))
     parts = []
     total = np.full(n, 6, dtype=np.int64)
     for col in columns:
@@ -313,6 +317,16 @@ def datarows(columns: list[pa.Array]) -> pa.Buffer:
     joined = pc.binary_join_element_wise(_fixed(header, 7), *parts, _EMPTY)
     offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)[joined.offset:joined.offset + n + 1]
     return joined.buffers()[2][int(offsets[0]):int(offsets[-1])]
+
+
+def _datarows_small(columns: list[pa.Array]) -> bytes:
+    """A few rows are cheaper to stitch in Python than the fixed cost of the vectorized path."""
+    out = bytearray()
+    head = struct.pack(">h", len(columns))
+    for row in zip(*(c.to_pylist() for c in columns)):
+        body = head + b"".join(b"\xff\xff\xff\xff" if v is None else struct.pack(">i", len(v)) + v for v in row)
+        out += b"D" + struct.pack(">i", len(body) + 4) + body
+    return bytes(out)
 
 
 # --- Bind parameters --------------------------------------------------------------------

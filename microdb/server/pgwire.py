@@ -197,20 +197,20 @@ class _ScramExchange:
             self.mock = True
         else:
             self.mock = False
-        self.verifier = verifier
+        self.user, self.verifier = user, verifier
         self.client_first_bare = self.server_first = self.nonce = self.gs2_header = ""
 
     def first(self, message: bytes) -> bytes:
         text = self._ascii(message)
         parts = text.split(",", 2)
         if len(parts) != 3 or parts[0] not in ("n", "y") or parts[1] != "":
-            raise _auth_failed("malformed SCRAM client-first-message or channel binding requested")
+            raise _auth_failed(self.user, "malformed SCRAM client-first-message or channel binding requested")
         self.gs2_header = f"{parts[0]},,"
         self.client_first_bare = parts[2]
         attrs = dict(a.split("=", 1) for a in self.client_first_bare.split(",") if "=" in a)
         client_nonce = attrs.get("r", "")
         if not client_nonce or not all(0x21 <= ord(c) <= 0x7E and c != "," for c in client_nonce):
-            raise _auth_failed("malformed SCRAM client nonce")
+            raise _auth_failed(self.user, "malformed SCRAM client nonce")
         self.nonce = client_nonce + base64.b64encode(os.urandom(18)).decode()
         salt = base64.b64encode(self.verifier.salt).decode()
         self.server_first = f"r={self.nonce},s={salt},i={self.verifier.iterations}"
@@ -224,27 +224,26 @@ class _ScramExchange:
             proof = base64.b64decode(proof_b64, validate=True)
             binding = base64.b64decode(attrs.get("c", ""), validate=True).decode("ascii")
         except (ValueError, UnicodeDecodeError):
-            raise _auth_failed("malformed SCRAM client-final-message") from None
+            raise _auth_failed(self.user, "malformed SCRAM client-final-message") from None
         if not sep or binding != self.gs2_header or attrs.get("r") != self.nonce or len(proof) != 32:
-            raise _auth_failed("SCRAM channel binding, nonce or proof does not match")
+            raise _auth_failed(self.user, "SCRAM channel binding, nonce or proof does not match")
         auth_message = f"{self.client_first_bare},{self.server_first},{without_proof}".encode()
         signature = hmac.digest(self.verifier.stored_key, auth_message, "sha256")
         client_key = bytes(a ^ b for a, b in zip(proof, signature))
         if self.mock or not hmac.compare_digest(hashlib.sha256(client_key).digest(), self.verifier.stored_key):
-            raise _auth_failed("wrong password or unknown user")
+            raise _auth_failed(self.user, "wrong password or unknown user")
         server_signature = hmac.digest(self.verifier.server_key, auth_message, "sha256")
         return b"v=" + base64.b64encode(server_signature)
 
-    @staticmethod
-    def _ascii(message: bytes) -> str:
+    def _ascii(self, message: bytes) -> str:
         try:
             return message.decode("ascii")
         except UnicodeDecodeError:
-            raise _auth_failed("SCRAM message is not ASCII") from None
+            raise _auth_failed(self.user, "SCRAM message is not ASCII") from None
 
 
-def _auth_failed(detail: str) -> PgWireError:
-    log.info("authentication failed: %s", detail)
+def _auth_failed(user: str, detail: str) -> PgWireError:
+    log.info("authentication failed for user %r: %s", user, detail)
     return PgWireError("password authentication failed", "28P01", fatal=True)
 
 
@@ -488,12 +487,10 @@ class _Body:
         self.data, self.pos = data, 0
 
     def int16(self) -> int:
-        self.pos += 2
-        return struct.unpack_from(">h", self.data, self.pos - 2)[0]
+        return struct.unpack(">h", self.bytes(2))[0]
 
     def int32(self) -> int:
-        self.pos += 4
-        return struct.unpack_from(">i", self.data, self.pos - 4)[0]
+        return struct.unpack(">i", self.bytes(4))[0]
 
     def bytes(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
@@ -579,10 +576,10 @@ class _Connection:
             self.out.clear()
         await self.writer.drain()
 
-    async def read_message(self) -> tuple[bytes, bytes]:
+    async def read_message(self, limit: int = _MAX_MESSAGE) -> tuple[bytes, bytes]:
         header = await self.reader.readexactly(5)
         length = struct.unpack_from(">i", header, 1)[0]
-        if length < 4 or length > _MAX_MESSAGE:
+        if length < 4 or length > limit:
             raise PgWireError(f"invalid message length {length}", "08P01", fatal=True)
         return header[:1], await self.reader.readexactly(length - 4)
 
@@ -600,6 +597,8 @@ class _Connection:
                 if self.tls or self.server.ssl_context is None:
                     self.writer.write(b"N")
                     continue
+                if self.reader._buffer:  # plaintext sent after SSLRequest would pass as encrypted (CVE-2021-23214)
+                    raise PgWireError("unencrypted data after SSL request", "08P01", fatal=True)
                 self.writer.write(b"S")
                 await self.writer.drain()
                 await self.writer.start_tls(self.server.ssl_context)
@@ -634,7 +633,7 @@ class _Connection:
         if not (auth is not None and auth.trusted_local and self.loopback):
             await self.scram(user, auth.scram if auth is not None else None)
         if auth is None:  # unreachable: the mock exchange of an unknown user always fails
-            raise _auth_failed("unknown user")
+            raise _auth_failed(user, "unknown user")
         self.session = Session(user=user, role=auth.role, database=params.get("database") or user,
                                process_id=next(self.server.pids), peer=self.peer, tls=self.tls,
                                secret_key=secrets.randbits(32))
@@ -667,7 +666,7 @@ class _Connection:
         self.send(_msg(b"R", struct.pack(">i", 12) + exchange.final(await self._auth_message())))
 
     async def _auth_message(self) -> bytes:
-        kind, body = await self.read_message()
+        kind, body = await self.read_message(limit=8192)
         if kind != b"p":
             raise PgWireError("expected a SASL response message", "08P01", fatal=True)
         return body
@@ -757,11 +756,9 @@ class _Connection:
             columns = [pgtypes.binary_column(col, pgtypes.pg_type(col.type).oid) if fmt else pgtypes.text_column(col)
                        for col, fmt in zip(part.columns, formats)]
             encoded = pgtypes.datarows(columns)
-            if self.out:
-                self.writer.write(bytes(self.out))
-                self.out.clear()
-            self.writer.write(memoryview(encoded))
-            await self.writer.drain()
+            self.out += memoryview(encoded)
+            if len(self.out) >= _ROWS_PER_CHUNK * 4:
+                await self.flush()
 
     # -- extended query --
 
@@ -891,7 +888,7 @@ class _Connection:
         command = self.commands.get(first)
         if command is not None:
             return await command(self, statement, params)
-        probe = self.probe(statement)
+        probe = self.probe(statement, params)
         if probe is not None:
             return _Result(probe, "SELECT {n}")
         return _Result(await self.query(statement.text, params, _mentions_catalog(statement)), "SELECT {n}")
@@ -915,7 +912,8 @@ class _Connection:
         self.session.cancel_event.clear()
         self.busy = True
         try:
-            result = await asyncio.get_running_loop().run_in_executor(self.server.executor, functools.partial(fn, *args))
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self.server.executor, functools.partial(fn, *args))
         except MicrodbError:
             if self.session.cancel_event.is_set():
                 raise PgWireError("canceling statement due to user request", "57014") from None
@@ -937,7 +935,7 @@ class _Connection:
             return self._fetch_target(statement)[0].table.schema
         if first in self.commands:
             return None
-        probe = self.probe(statement)
+        probe = self.probe(statement, [None] * statement.nparams)
         if probe is not None:
             return probe.schema
         describe = getattr(self.server.backend, "describe", None)
@@ -945,10 +943,9 @@ class _Connection:
             schema = await self.call(describe, self.session, statement.text)
             if schema is not None:
                 return schema
-        if statement.nparams:
-            raise PgWireError("cannot describe this statement before its parameters are bound; "
-                              "describe the portal instead", "0A000")
-        return (await self.query(statement.text, None, _mentions_catalog(statement))).schema
+        # no describe hook: run it with every parameter NULL (read-only SELECTs, so harmless)
+        params = [None] * statement.nparams or None
+        return (await self.query(statement.text, params, _mentions_catalog(statement))).schema
 
     # -- session commands (never sent to the backend) --
 
@@ -960,7 +957,7 @@ class _Connection:
             return _Result(tag="SET")
         if statement.word(i) == "TIME" and statement.word(i + 1) == "ZONE":
             name, i = "timezone", i + 2
-        elif statement.word(i) == "ROLE" or statement.word(i) == "SESSION" or statement.word(i) == "AUTHORIZATION":
+        elif statement.word(i) in ("ROLE", "AUTHORIZATION"):
             raise PgWireError("the role comes from the login user and cannot be changed", "42501")
         else:
             name, i = _setting_name(tokens, i)
@@ -1059,19 +1056,18 @@ class _Connection:
         words = [t.upper for t in tokens]
         if len(tokens) < 2 or "CURSOR" not in words or "FOR" not in words[words.index("CURSOR"):]:
             raise PgWireError("syntax error in DECLARE: expected DECLARE name ... CURSOR ... FOR query", "42601")
-        name = tokens[1].value
-        options = words[2:words.index("CURSOR")]
-        hold = words[words.index("CURSOR"):].count("HOLD") > 0 and "WITH" in words[words.index("CURSOR"):]
+        name, cursor_index = tokens[1].value, words.index("CURSOR")
+        for_index = words.index("FOR", cursor_index)
+        options, hold = words[2:cursor_index], words[cursor_index + 1:for_index] == ["WITH", "HOLD"]
         if not hold and self.tx == "I":
             raise PgWireError("DECLARE CURSOR can only be used in transaction blocks", "25P01")
         if name in self.cursors:
             raise PgWireError(f'cursor "{name}" already exists', "42P03")
-        for_index = words.index("FOR", words.index("CURSOR"))
         if for_index + 1 >= len(tokens):
             raise PgWireError("DECLARE CURSOR needs a query after FOR", "42601")
         inner_sql = statement.text[tokens[for_index + 1].start:]
         inner = split_sql(inner_sql)[0]
-        probe = self.probe(inner)
+        probe = self.probe(inner, params)
         table = probe if probe is not None else await self.query(inner_sql, params, _mentions_catalog(inner))
         self.cursors[name] = _Cursor(table, hold=hold, binary="BINARY" in options)
         return _Result(tag="DECLARE CURSOR")
@@ -1142,7 +1138,7 @@ class _Connection:
 
     # -- start-up probes: SELECT version(), current_setting('x'), current_user, ... --
 
-    def probe(self, statement: Statement) -> pa.Table | None:
+    def probe(self, statement: Statement, params: list[object] | None) -> pa.Table | None:
         """Answer a SELECT made only of session functions (no FROM), or None."""
         tokens = statement.tokens
         if statement.word(0) != "SELECT" or len(tokens) < 2:
@@ -1158,13 +1154,13 @@ class _Connection:
         items.append(current)
         columns = {}
         for item in items:
-            answer = self._probe_item(item)
+            answer = self._probe_item(item, params)
             if answer is None:
                 return None
             columns[answer[0]] = answer[1]
         return pa.table(columns) if len(columns) == len(items) else None
 
-    def _probe_item(self, item: list[Token]) -> tuple[str, pa.Array] | None:
+    def _probe_item(self, item: list[Token], params: list[object] | None) -> tuple[str, pa.Array] | None:
         i = 2 if len(item) > 2 and item[0].value == "pg_catalog" and item[1].text == "." else 0
         if i >= len(item) or item[i].kind != "word":
             return None
@@ -1182,20 +1178,27 @@ class _Connection:
         alias = item[i].value if i == len(item) - 1 and item[i].kind in ("word", "quoted") else None
         if i != len(item) - (alias is not None):
             return None
-        value = self._probe_value(func, args)
+        value = self._probe_value(func, args, params)
         if value is None:
             return None
         return alias or func, value
 
-    def _probe_value(self, func: str, args: list[Token]) -> pa.Array | None:
+    def _probe_value(self, func: str, args: list[Token], params: list[object] | None) -> pa.Array | None:
         session = self.session
-        if func == "current_setting" and args and args[0].kind == "string":
+        texts = [_argument(t, params) for t in args]
+        if func == "current_setting" and 1 <= len(args) <= 2 and texts[0] is not None:
             missing_ok = len(args) > 1 and args[1].upper == "TRUE"
-            name = args[0].value.lower()
+            name = texts[0].lower()
             value = self.setting(name)
             if value is None and not missing_ok:
                 raise PgWireError(f'unrecognized configuration parameter "{name}"', "42704")
             return pa.array([value], pa.string())
+        if func == "set_config" and len(args) == 3 and None not in texts[:2]:
+            name = texts[0].lower()
+            session.settings[name] = _check_setting(name, texts[1])
+            if name in _REPORTED:
+                self.send(self._parameter_status(name))
+            return pa.array([session.settings[name]], pa.string())
         if args:
             return None
         simple = {"version": f"PostgreSQL {SERVER_VERSION}", "current_database": session.database,
@@ -1218,6 +1221,16 @@ class _Connection:
                 hook(self.session)
             except MicrodbError as exc:
                 log.warning("backend cancel failed for pid %s: %s", self.session.process_id, exc.message)
+
+
+def _argument(token: Token, params: list[object] | None) -> str | None:
+    """A probe function's text argument: a string literal or a bound parameter."""
+    if token.kind in ("string", "estring", "dollar"):
+        return token.value
+    if token.kind == "param" and params is not None and int(token.text[1:]) <= len(params):
+        value = params[int(token.text[1:]) - 1]
+        return None if value is None else str(value)
+    return None
 
 
 _BARE_PROBES = {"current_user", "session_user", "user", "current_catalog", "current_role", "current_schema"}
@@ -1302,14 +1315,14 @@ class PgServer:
 
     def __init__(self, backend: Backend, host: str = "127.0.0.1", port: int = 6543,
                  ssl_context: ssl.SSLContext | None = None, require_tls: bool = False,
-                 max_workers: int = 32, grace_seconds: float = 10.0) -> None:
+                 max_workers: int = 32, grace_seconds: float = 10.0, auth_timeout: float = 60.0) -> None:
         if require_tls and ssl_context is None:
             raise ConfigError("require_tls needs an ssl_context (certificate and key) to be configured")
         self.backend, self.host, self.ssl_context, self.require_tls = backend, host, ssl_context, require_tls
-        self.grace_seconds = grace_seconds
+        self.grace_seconds, self.auth_timeout = grace_seconds, auth_timeout
         self._requested_port = port
         self._max_workers = max_workers
-        self._server: asyncio.base_events.Server | None = None
+        self._server: asyncio.Server | None = None
         self._connections: dict[_Connection, asyncio.Task] = {}
         self._stopped: asyncio.Event | None = None
         self.executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -1367,12 +1380,12 @@ class PgServer:
         conn = _Connection(self, reader, writer)
         self._connections[conn] = asyncio.current_task()
         try:
-            if await conn.startup():
+            if await asyncio.wait_for(conn.startup(), self.auth_timeout):
                 await conn.serve()
-        except PgWireError as exc:
+        except MicrodbError as exc:  # refusals at start-up (bad password, TLS required) end the connection
             conn.send(_error(exc, "FATAL"))
             await _quietly(conn.flush())
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, asyncio.CancelledError):
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, asyncio.CancelledError, TimeoutError):
             pass
         except Exception:  # never let one connection's bug reach the loop or other clients
             log.exception("internal error on connection from %s", conn.peer)

@@ -1,0 +1,99 @@
+"""Small fidelity metrics: per-column marginal distances and child-count distances
+between real and synthetic entity slices (0 = identical, 1 = disjoint).
+
+Numeric columns (numbers, dates, timestamps) use the two-sample Kolmogorov–Smirnov
+statistic, categorical ones the total variation distance; child counts per parent use
+KS. Keys, links within the entity, excluded and free-text columns are not compared;
+links to shared reference tables are compared as categories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from synth.conditions import comparable
+from synth.integrity import match_rows
+from synth.schema import SynthSchema
+from synth.transform import column_kind
+
+
+def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample KS statistic: the largest gap between the two empirical CDFs."""
+    a, b = np.sort(a[~np.isnan(a)]), np.sort(b[~np.isnan(b)])
+    if len(a) == 0 or len(b) == 0:
+        return 0.0 if len(a) == len(b) else 1.0
+    grid = np.concatenate([a, b])
+    cdf_a = np.searchsorted(a, grid, side="right") / len(a)
+    cdf_b = np.searchsorted(b, grid, side="right") / len(b)
+    return float(np.max(np.abs(cdf_a - cdf_b)))
+
+
+def tvd(a: pa.Array | pa.ChunkedArray, b: pa.Array | pa.ChunkedArray) -> float:
+    """Total variation distance between the value shares of two columns (null is a value)."""
+    def shares(x) -> dict:
+        counts = pc.value_counts(x)
+        n = max(len(x), 1)
+        return dict(zip(counts.field("values").to_pylist(), (counts.field("counts").to_numpy() / n).tolist()))
+
+    sa, sb = shares(a), shares(b)
+    return 0.5 * float(sum(abs(sa.get(k, 0.0) - sb.get(k, 0.0)) for k in set(sa) | set(sb)))
+
+
+def _compared_columns(schema: SynthSchema, real: Mapping[str, pa.Table]) -> list[tuple[str, str, str]]:
+    out = []
+    for t in schema.tables:
+        table = real[t.name]
+        skip = set(schema.key_columns(t.name))
+        for fld in table.schema:
+            if fld.name in skip or f"{t.name}.{fld.name}" in schema.exclude:
+                continue
+            links = [link for _, link in schema.links_of(t.name) if fld.name in link.columns]
+            if any(schema.is_tree_table(link.ref_table) for link in links):
+                continue  # points at generated rows: the key values themselves mean nothing
+            kind = "categorical" if links else column_kind(t.name, fld, table.column(fld.name))
+            if kind != "text":
+                out.append((t.name, fld.name, kind))
+    return out
+
+
+def column_distances(schema: SynthSchema, real: Mapping[str, pa.Table],
+                     synth: Mapping[str, pa.Table]) -> dict[str, float]:
+    """``"table.column"`` → KS (numeric, worst of value KS and null-share gap) or TVD (categorical)."""
+    out = {}
+    for table, column, kind in _compared_columns(schema, real):
+        a, b = real[table].column(column), synth[table].column(column)
+        if kind == "numeric":
+            null_gap = abs(a.null_count / max(len(a), 1) - b.null_count / max(len(b), 1))
+            out[f"{table}.{column}"] = max(ks_distance(comparable(a), comparable(b)), null_gap)
+        else:
+            out[f"{table}.{column}"] = tvd(a, b)
+    return out
+
+
+def child_counts(schema: SynthSchema, tables: Mapping[str, pa.Table], child: str) -> np.ndarray:
+    """Number of ``child`` rows of every parent row (zeros included)."""
+    t = schema.table(child)
+    parent = tables[t.parent]
+    rows = match_rows(tables[child], t.columns, parent, t.parent_columns)
+    return np.bincount(rows[rows >= 0], minlength=parent.num_rows)
+
+
+def child_count_distances(schema: SynthSchema, real: Mapping[str, pa.Table],
+                          synth: Mapping[str, pa.Table]) -> dict[str, float]:
+    """Child table → KS between real and synthetic children-per-parent distributions."""
+    return {t.name: ks_distance(child_counts(schema, real, t.name).astype(float),
+                                child_counts(schema, synth, t.name).astype(float))
+            for t in schema.tables if t.parent is not None}
+
+
+def fidelity(schema: SynthSchema, real: Mapping[str, pa.Table], synth: Mapping[str, pa.Table]) -> dict:
+    """Mean column distance, mean child-count distance, and the per-item distances."""
+    columns = column_distances(schema, real, synth)
+    counts = child_count_distances(schema, real, synth)
+    return {"column_mean": float(np.mean(list(columns.values()))) if columns else 0.0,
+            "child_count_mean": float(np.mean(list(counts.values()))) if counts else 0.0,
+            "columns": columns, "child_counts": counts}
