@@ -293,6 +293,22 @@ def forget(address: str = typer.Argument(..., help="TYPE/KEY to destroy.")) -> N
         ws.close()
 
 
+@app.command()
+def detokenize(
+    values: list[str] = typer.Argument(..., help="Tokens as the role sees them."),
+    role: str = typer.Option(..., "--role", help="A role granted detokenize = true."),
+    column: str = typer.Option(..., "--column", help="TABLE.COLUMN the tokens come from (masked with a reversible function)."),
+    entity: Optional[str] = typer.Option(None, "--entity", help="TYPE/KEY, recorded in the audit log."),
+) -> None:
+    """Recover original values of reversible tokens (FPE); refused unless the role is granted it. Always audited."""
+    ws = _open()
+    try:
+        for token, value in zip(values, ws.detokenize(role, column, values, entity)):
+            out.print(f"{token}\t{value}", highlight=False)
+    finally:
+        ws.close()
+
+
 audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
 app.add_typer(audit_app, name="audit")
 

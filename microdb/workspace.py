@@ -18,9 +18,10 @@ import pyarrow as pa
 from microdb.config import CONFIG_FILE, Config, load_config
 from microdb.entity import EntityType, entity_type, parse_address
 from lineage.audit import AuditEvent, AuditLog
-from microdb.errors import ConfigError, EntityNotFound, MicrodbError, QueryError, QueryRefused
+from microdb.errors import AccessDenied, ConfigError, EntityNotFound, MicrodbError, PolicyError, QueryError, QueryRefused
 from microdb.hydrate import Hydrated, Pool, locked_database, register_tables
 from microdb.keys import Keyring, load_master_key
+from microdb.policies import IMPLICIT_RAW_ROLE, Policies
 from microdb.projection import Progress, Projector, Selection, SyncResult, _no_progress
 from microdb.sourceset import SourceSet
 from microdb.store import Store
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     import polars
 
 WORKSPACE_ENV = "MICRODB_WORKSPACE"
-RAW_ROLE = "admin"
 FANOUT_KEY = "entity_key"
 
 
@@ -53,13 +53,14 @@ class Workspace:
         self.sources = SourceSet(self.config, root)
         q = self.config.query
         self.pool = Pool(q.pool_size, q.pool_memory_mb * 1024 * 1024, q.memory_limit)
+        self.policies = Policies(self.config.roles, self.config.policies, self.keyring.derive)
         self.actor = actor or _os_user()
         a = self.config.audit
         self.audit = AuditLog(root / a.path, self.keyring.derive("audit"), max_bytes=a.max_bytes, fsync=a.fsync) if a.enabled else None
         self._types: dict[str, EntityType] = {}
         self._projectors: dict[str, Projector] = {}
         self._guards: dict[str, Any] = {}
-        self._refs: dict[tuple[str, str], tuple[int, dict[str, pa.Table]]] = {}
+        self._refs: dict[tuple[str, str], tuple[int, dict[str, pa.Table], list[str]]] = {}
         self._flight = [threading.Lock() for _ in range(64)]
         self._lock = threading.Lock()
 
@@ -147,33 +148,33 @@ class Workspace:
 
     # roles & masking -----------------------------------------------------------------------
     def _role(self, role: str | None) -> str:
-        return role or self.config.workspace.default_role or RAW_ROLE
+        name = role or self.config.workspace.default_role or IMPLICIT_RAW_ROLE
+        self.policies.role(name)  # unknown role: PolicyError before any data is read
+        return name
 
-    def _mask(self, role: str, et: EntityType, key: str | None, tables: dict[str, pa.Table]) -> tuple[dict[str, pa.Table], list[str]]:
-        if role == RAW_ROLE and RAW_ROLE not in self.config.roles:
-            return tables, []
-        from microdb.policies import apply_role
-
-        return apply_role(self, role, et, key, tables)
-
-    def _references(self, et: EntityType, role: str) -> dict[str, pa.Table]:
+    def _references(self, et: EntityType, role: str) -> tuple[dict[str, pa.Table], list[str]]:
+        """Reference tables as ``role`` sees them, masked once per store version."""
         if not et.references:
-            return {}
+            return {}, []
         version = self.store.reference_version(et.name)
         cached = self._refs.get((et.name, role))
         if cached is not None and cached[0] == version:
-            return cached[1]
+            return cached[1], cached[2]
         raw = self.store.references(et.name)
-        masked, _ = self._mask(role, et, None, raw)
-        self._refs[(et.name, role)] = (version, masked)
-        return masked
+        self.policies.check(role, et.name, {n: t.column_names for n, t in raw.items()})
+        masked, withheld = self.policies.mask(role, raw, None)
+        self._refs[(et.name, role)] = (version, masked, withheld)
+        return masked, withheld
 
     def _load(self, et: EntityType, key: str, role: str) -> tuple[dict[str, pa.Table], list[str]]:
+        """Unseal one entity and mask it for ``role`` before anything reaches DuckDB."""
         rec = self.store.get(et.name, key)
         if rec is None:
             raise EntityNotFound(f"{et.name}/{key} is not in the store")
-        masked, withheld = self._mask(role, et, key, rec.tables)
-        return {**masked, **self._references(et, role)}, withheld
+        self.policies.check(role, et.name, {n: t.column_names for n, t in rec.tables.items()})
+        masked, withheld = self.policies.mask(role, rec.tables, f"{et.name}/{key}")
+        refs, ref_withheld = self._references(et, role)
+        return {**masked, **refs}, sorted(withheld + ref_withheld)
 
     def hydrate(self, address: str, role: str | None = None) -> Hydrated:
         etype, key = parse_address(address)
@@ -247,6 +248,25 @@ class Workspace:
         self.record("query", role=role, entity=scope, sql=guarded.sql, sql_hash=guarded.fingerprint,
                     rows=out.num_rows, details={"entities": len(key_list)})
         return out
+
+    def detokenize(self, role: str, column: str, values: list[str], entity: str | None = None) -> list[object]:
+        """Original values of tokens a role sees in ``table.column`` (reversible functions only);
+        allowed for roles granted it, and always audited."""
+        table, _, col = column.rpartition(".")
+        if not table:
+            raise MicrodbError(f"give the column as TABLE.COLUMN, not {column!r}")
+        spec = self.policies.role(role)
+        try:
+            if spec is None or spec.raw:
+                raise MicrodbError(f"role {role!r} sees raw values: there is nothing to detokenize")
+            out = spec.detokenize(table, col, pa.array(values, pa.string()), self.keyring.derive, entity_key=entity)
+        except MicrodbError as exc:
+            outcome = "refused" if isinstance(exc, (PolicyError, AccessDenied)) else "error"
+            self.record("detokenize", outcome, role=role, entity=entity, error=exc.message,
+                        details={"column": column, "values": len(values)})
+            raise
+        self.record("detokenize", role=role, entity=entity, rows=len(values), details={"column": column})
+        return out.to_pylist()
 
     # export & forget -----------------------------------------------------------------------
     def export(self, address: str, path: Path, role: str | None = None, overwrite: bool = False) -> Path:

@@ -163,24 +163,36 @@ def _ordered(schema: SynthSchema, tables: Mapping[str, pa.Table]) -> tuple[dict[
     return data, orphans
 
 
+def _after(parent: np.ndarray) -> np.ndarray:
+    """How many later siblings each row has (rows grouped by parent)."""
+    n = len(parent)
+    ends = np.searchsorted(parent, parent, side="right")
+    return ends - 1 - np.arange(n)
+
+
 def _relative_gaps(values: np.ndarray, parent: np.ndarray, n_parents: int, high: float) -> np.ndarray:
-    """Each sibling's step as a share of the room left below ``high`` (NaN for the first):
-    ``(v_i - v_{i-1}) / (high - v_{i-1})``. Rebuilt steps never pass ``high``."""
+    """Each sibling's step as a share of the room left below ``high``, times the number of
+    siblings still to come plus one (NaN for the first sibling).
+
+    ``g_i = (v_i - v_{i-1}) / (high - v_{i-1})`` never lets rebuilt values pass ``high``;
+    scaling by the siblings left makes the target nearly stationary (for values spread
+    evenly up to ``high`` it is about exponential with mean 1 at every position)."""
     previous = np.r_[np.nan, values[:-1]]
     room = high - previous
     with np.errstate(invalid="ignore", divide="ignore"):
         gap = np.where(room > 0, (values - previous) / np.where(room > 0, room, 1.0), 0.0)
+    gap = np.clip(gap, 0.0, 1.0) * (_after(parent) + 1)
     starts = _group_starts(parent, n_parents)
     gap[starts[starts < len(gap)]] = np.nan
-    return np.clip(gap, 0.0, 1.0)
+    return gap
 
 
 def _from_relative_gaps(gaps: np.ndarray, parent: np.ndarray, first: np.ndarray, high: float) -> np.ndarray:
-    """Inverse of ``_relative_gaps``: the room left shrinks by ``(1 - gap)`` at each sibling."""
+    """Inverse of ``_relative_gaps``: the room left shrinks by ``(1 - g_i)`` at each sibling."""
     n = len(parent)
     if n == 0:
         return np.zeros(0)
-    g = np.clip(np.nan_to_num(gaps, nan=0.0), 0.0, 1.0 - 1e-12)
+    g = np.clip(np.nan_to_num(gaps, nan=0.0) / (_after(parent) + 1), 0.0, 1.0 - 1e-12)
     starts = np.r_[0, np.flatnonzero(np.diff(parent)) + 1]
     g[starts] = 0.0
     log_keep = np.cumsum(np.log1p(-g))

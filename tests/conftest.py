@@ -5,6 +5,7 @@ with the command that starts them; nothing is skipped."""
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -15,6 +16,7 @@ MYSQL = dict(host="127.0.0.1", port=3306, user="root")
 PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 MYSQL_START = "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd"
 TEST_CUSTOMERS = 300
+CORPUS_FILE = Path(__file__).parent / "masking" / "bypass_corpus.sql"
 
 
 def unique_name(prefix: str = "mdbtest") -> str:
@@ -40,6 +42,26 @@ def require_mysql() -> dict:
     except pymysql.err.OperationalError as exc:
         pytest.fail(f"MariaDB is not reachable at 127.0.0.1:3306 ({exc}); start it with: {MYSQL_START}", pytrace=False)
     return dict(MYSQL)
+
+
+def load_corpus(tmp: Path) -> list[tuple[str, str, bool]]:
+    """(name, sql, allowed) for every case of the bypass corpus, plus generated ones."""
+    cases: list[tuple[str, str, bool]] = []
+    for block in re.split(r"^-- case: ", CORPUS_FILE.read_text(), flags=re.M)[1:]:
+        header, _, body = block.partition("\n")
+        allowed = "[allowed]" in header
+        cases.append((header.replace("[allowed]", "").strip(), body.strip().replace("{tmp}", str(tmp)), allowed))
+    cases += [
+        ("very long query", "SELECT 1 AS x FROM customers WHERE " + " OR ".join(["id = 1"] * 20_000), False),
+        ("deep parentheses", "SELECT " + "(" * 500 + "1" + ")" * 500, False),
+        ("deep subqueries", "SELECT * FROM " + "(SELECT * FROM " * 100 + "vault" + ") t" * 100, False),
+        ("long operator chain", "SELECT " + " + ".join(["1"] * 3000), False),
+        ("deep nested function calls", "SELECT " + "abs(" * 200 + "1" + ")" * 200, False),
+        ("NUL byte", "SELECT 1\x00; SELECT * FROM vault", False),
+        ("empty", "", False),
+        ("only comment", "-- nothing", False),
+    ]
+    return cases
 
 
 @pytest.fixture(scope="session")

@@ -70,9 +70,10 @@ class GRUCell(nn.Module):
 class TableNet(nn.Module):
     """Writes one table's rows feature by feature given a context (and sibling state)."""
 
-    def __init__(self, vocab: list[int], hidden: int, emb: int, sequence: bool) -> None:
+    def __init__(self, vocab: list[int], hidden: int, emb: int, sequence: bool, dropout: float = 0.0) -> None:
         super().__init__()
         self.vocab = vocab
+        self.drop = nn.Dropout(dropout)
         self.sequence = sequence
         base = hidden * (2 if sequence else 1)
         self.embeddings = nn.ModuleList([nn.Embedding(v, emb) for v in vocab])
@@ -95,11 +96,13 @@ class TreeNet(nn.Module):
     first child [B, R] (the sibling state restarts there).
     """
 
-    def __init__(self, tables: list[tuple[str, str | None, list[int], bool]], hidden: int, emb: int) -> None:
+    def __init__(self, tables: list[tuple[str, str | None, list[int], bool]], hidden: int, emb: int,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.order = [(name, parent) for name, parent, _, _ in tables]
         self.hidden = hidden
-        self.nets = nn.ModuleDict({name: TableNet(vocab, hidden, emb, seq) for name, _, vocab, seq in tables})
+        self.nets = nn.ModuleDict({name: TableNet(vocab, hidden, emb, seq, dropout)
+                                   for name, _, vocab, seq in tables})
 
     def forward(self, *arrays: torch.Tensor) -> torch.Tensor:
         batch = arrays[0].shape[0]
@@ -127,7 +130,7 @@ class TreeNet(nn.Module):
                 base = torch.cat([ctx, torch.stack(states, dim=1)], dim=-1)
             weight = mask.to(torch.float32)
             for j, head in enumerate(net.heads):
-                logits = head(torch.cat([base, *embedded[:j]], dim=-1))
+                logits = head(net.drop(torch.cat([base, *embedded[:j]], dim=-1)))
                 nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[..., j].reshape(-1),
                                       reduction="none").reshape(mask.shape)
                 loss = loss + (nll * weight).sum(dim=1)
@@ -144,7 +147,7 @@ class NeuralGenerator(Generator):
     name = "neural"
     defaults: dict[str, Any] = {
         "epochs": 30, "batch_size": 64, "lr": 3e-3, "hidden": 64, "embedding": 16, "n_bins": 32,
-        "max_children": 64, "dp_epsilon": None, "dp_delta": 1e-5, "max_grad_norm": 1.0, "threads": None,
+        "max_children": 64, "validation": 0.1, "patience": 3, "dropout": 0.0, "dp_epsilon": None, "dp_delta": 1e-5, "max_grad_norm": 1.0, "threads": None,
     }
 
     def __init__(self, **params: Any) -> None:
@@ -152,6 +155,7 @@ class NeuralGenerator(Generator):
         self.net: TreeNet | None = None
         self.privacy: dict | None = None
         self.history: list[float] = []
+        self.val_history: list[float] = []
         self.dp_steps: list[dict] = []
         self.fit_seconds: float | None = None
 
@@ -238,7 +242,8 @@ class NeuralGenerator(Generator):
         rng = np.random.default_rng([seed, 41])
         arrays, sizes = self._padded(data, rng)
         with self._torch_state(seed):
-            net = TreeNet(self._tables_spec(), int(self.params["hidden"]), int(self.params["embedding"]))
+            net = TreeNet(self._tables_spec(), int(self.params["hidden"]), int(self.params["embedding"]),
+                          float(self.params["dropout"]))
             tensors = [torch.from_numpy(a) for a in arrays]
             if self.params["dp_epsilon"] is not None:
                 self._train_private(net, tensors, sizes, seed)
@@ -249,17 +254,25 @@ class NeuralGenerator(Generator):
         self.fit_seconds = time.perf_counter() - started
 
     def _train(self, net: TreeNet, tensors: list[torch.Tensor], sizes: np.ndarray, rng: np.random.Generator) -> None:
-        """Adam over batches of entities of similar size (little padding), batches shuffled."""
+        """Adam over batches of entities of similar size (little padding), batches shuffled.
+
+        A share ``validation`` of the entities is held out; training stops when their loss
+        has not improved for ``patience`` epochs and keeps the best weights (the model
+        learns the population, not the training entities)."""
         optimizer = torch.optim.Adam(net.parameters(), lr=float(self.params["lr"]))
         batch = int(self.params["batch_size"])
         epochs = int(self.params["epochs"])
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
         n_entities = sizes.shape[1]
-        bucket = np.floor(np.log2(sizes.sum(axis=0) + 1) * 2)
-        self.history = []
+        shuffled = rng.permutation(n_entities)
+        n_val = int(round(float(self.params["validation"]) * n_entities)) if n_entities >= 20 else 0
+        val, train = np.sort(shuffled[:n_val]), shuffled[n_val:]
+        bucket = np.floor(np.log2(sizes[:, train].sum(axis=0) + 1) * 2)
+        self.history, self.val_history = [], []
+        best, best_state, waited = np.inf, None, 0
         for _ in range(epochs):
-            order = np.lexsort((rng.random(n_entities), bucket))
-            batches = [order[i:i + batch] for i in range(0, n_entities, batch)]
+            net.train()
+            order = train[np.lexsort((rng.random(len(train)), bucket))]
+            batches = [order[i:i + batch] for i in range(0, len(order), batch)]
             total = 0.0
             for b in rng.permutation(len(batches)):
                 idx = batches[b]
@@ -268,8 +281,23 @@ class NeuralGenerator(Generator):
                 loss.backward()
                 optimizer.step()
                 total += float(loss.detach()) * len(idx)
-            schedule.step()
-            self.history.append(total / n_entities)
+            self.history.append(total / max(len(train), 1))
+            if n_val == 0:
+                continue
+            net.eval()
+            with torch.no_grad():
+                val_loss = sum(float(net(*self._batch(tensors, sizes, val[i:i + 256])).sum())
+                               for i in range(0, n_val, 256)) / n_val
+            self.val_history.append(val_loss)
+            if val_loss < best - 1e-6:
+                best, waited = val_loss, 0
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            else:
+                waited += 1
+                if waited >= int(self.params["patience"]):
+                    break
+        if best_state is not None:
+            net.load_state_dict(best_state)
 
     def _train_private(self, net: TreeNet, tensors: list[torch.Tensor], sizes: np.ndarray, seed: int) -> None:
         """DP-SGD where each training example, hence each per-sample gradient, is one entity."""
@@ -412,7 +440,8 @@ class NeuralGenerator(Generator):
         self.privacy = meta.get("privacy")
         self.history = list(meta.get("history", []))
         self.fit_seconds = meta.get("fit_seconds")
-        self.net = TreeNet(self._tables_spec(), int(self.params["hidden"]), int(self.params["embedding"]))
+        self.net = TreeNet(self._tables_spec(), int(self.params["hidden"]), int(self.params["embedding"]),
+                          float(self.params["dropout"]))
         state = {k.split("/", 1)[1]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("net/")}
         self.net.load_state_dict(state, strict=True)
         self.net.eval()

@@ -46,8 +46,11 @@ class RulesGenerator(Generator):
         self._values: dict[int, object] = {}
         bound = []
         for i, c in enumerate(conditions):
-            if c.table not in plan.tables or c.column not in plan.tables[c.table].schema.names:
-                raise ConfigError(f"condition on {c.table}.{c.column}: no such column in the entity tree")
+            if c.table not in plan.tables:
+                raise ConfigError(f"condition on {c.table}.{c.column}: no table {c.table!r} in the entity tree "
+                                  f"({list(plan.tables)})")
+            if c.column not in plan.tables[c.table].schema.names:
+                raise ConfigError(f"condition on {c.table}.{c.column}: no column {c.column!r} in {c.table!r}")
             if c.column not in plan.tables[c.table].fill:
                 raise ConfigError(f"condition on {c.table}.{c.column}: a key or link column is assigned by "
                                   "construction")

@@ -25,29 +25,10 @@ from masking.guard import (
 from microdb.errors import ConfigError, QueryError, QueryRefused
 
 SECRET = "123-45-6789"
-CORPUS_FILE = Path(__file__).with_name("bypass_corpus.sql")
+from conftest import CORPUS_FILE, load_corpus  # noqa: E402
+
 ALLOWED = ("customers", "accounts", "transactions")
 LOCKED = {"enable_external_access": False, "lock_configuration": True, "memory_limit": "1GB", "threads": 2}
-
-
-def load_corpus(tmp: Path) -> list[tuple[str, str, bool]]:
-    """(name, sql, allowed) for every case in the corpus file, plus generated ones."""
-    cases: list[tuple[str, str, bool]] = []
-    for block in re.split(r"^-- case: ", CORPUS_FILE.read_text(), flags=re.M)[1:]:
-        header, _, body = block.partition("\n")
-        allowed = "[allowed]" in header
-        cases.append((header.replace("[allowed]", "").strip(), body.strip().replace("{tmp}", str(tmp)), allowed))
-    cases += [
-        ("very long query", "SELECT 1 AS x FROM customers WHERE " + " OR ".join(["id = 1"] * 20_000), False),
-        ("deep parentheses", "SELECT " + "(" * 500 + "1" + ")" * 500, False),
-        ("deep subqueries", "SELECT * FROM " + "(SELECT * FROM " * 100 + "vault" + ") t" * 100, False),
-        ("long operator chain", "SELECT " + " + ".join(["1"] * 3000), False),
-        ("deep nested function calls", "SELECT " + "abs(" * 200 + "1" + ")" * 200, False),
-        ("NUL byte", "SELECT 1\x00; SELECT * FROM vault", False),
-        ("empty", "", False),
-        ("only comment", "-- nothing", False),
-    ]
-    return cases
 
 
 def build_micro(tmp: Path) -> tuple[duckdb.DuckDBPyConnection, duckdb.DuckDBPyConnection]:
