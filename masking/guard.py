@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import heapq
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -554,6 +556,59 @@ class SqlGuard:
         return statements[0]
 
 
+class _Watchdog:
+    """One daemon thread that interrupts cursors whose deadline passed.
+
+    Starting a thread per query (``threading.Timer``) costs about a millisecond, as much
+    as a small query itself; a single watchdog keeps the timeout free on the hot path.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int]] = []
+        self._live: dict[int, tuple[duckdb.DuckDBPyConnection, dict[str, bool]]] = {}
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, cursor: duckdb.DuckDBPyConnection, timeout_s: float) -> tuple[int, dict[str, bool]]:
+        state = {"fired": False}
+        with self._cond:
+            self._seq += 1
+            token = self._seq
+            self._live[token] = (cursor, state)
+            heapq.heappush(self._heap, (time.monotonic() + timeout_s, token))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="microdb-query-watchdog", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return token, state
+
+    def disarm(self, token: int) -> None:
+        with self._cond:
+            self._live.pop(token, None)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and self._heap[0][1] not in self._live:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                deadline, token = self._heap[0]
+                delay = deadline - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue
+                heapq.heappop(self._heap)
+                cursor, state = self._live.pop(token)
+                state["fired"] = True
+                cursor.interrupt()
+
+
+_WATCHDOG = _Watchdog()
+
+
 def run_guarded(cursor: duckdb.DuckDBPyConnection, guarded: GuardedQuery, timeout_s: float) -> pa.Table:
     """Run a guarded query on ``cursor``; interrupt it after ``timeout_s`` seconds.
 
@@ -563,30 +618,16 @@ def run_guarded(cursor: duckdb.DuckDBPyConnection, guarded: GuardedQuery, timeou
     """
     if timeout_s <= 0:
         raise ConfigError(f"query timeout must be positive, got {timeout_s}")
-    lock = threading.Lock()
-    state = {"running": True, "fired": False}
-
-    def interrupt() -> None:
-        with lock:
-            if state["running"]:
-                state["fired"] = True
-                cursor.interrupt()
-
-    timer = threading.Timer(timeout_s, interrupt)
-    timer.daemon = True
-    timer.start()
+    token, state = _WATCHDOG.arm(cursor, timeout_s)
     try:
         result = cursor.sql(guarded.sql).to_arrow_table()
     except duckdb.Error as err:
-        with lock:
-            state["running"] = False
+        _WATCHDOG.disarm(token)
         if state["fired"] or isinstance(err, duckdb.InterruptException):
             raise QueryError(f"query exceeded the timeout of {timeout_s:g} s") from err
         raise QueryError(str(err).splitlines()[0][:500]) from err
     finally:
-        with lock:
-            state["running"] = False
-        timer.cancel()
+        _WATCHDOG.disarm(token)
     if state["fired"]:
         raise QueryError(f"query exceeded the timeout of {timeout_s:g} s")
     if result.num_rows > guarded.max_rows:

@@ -151,7 +151,7 @@ def _np(mask: pa.Array) -> np.ndarray:
     return mask.fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
 
 
-_EMAIL = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"
+_EMAIL = r"[A-Za-z0-9._%+'\-]+@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"
 _SSN = r"^\d{3}-\d{2}-\d{4}$"
 _NINO = r"^[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]$"
 _LETTER = r"[^\x00-\x40\x5B-\x60\x7B-\x7F]"  # an ASCII letter or any non-ASCII character: \p{L} costs RE2 ~1 ms a call
@@ -550,8 +550,9 @@ def propose_rule(tag: str | None, table_name: str, column: str, arrow_type: pa.D
 def _shapes(values: pa.Array, n: int = 3) -> list[str]:
     """Up to ``n`` distinct value shapes: digits -> 9, capitals -> A, other letters -> a."""
     text = values if is_text(values.type) else pc.cast(values, pa.string())
-    head = pc.unique(pc.utf8_slice_codeunits(text.slice(0, 64), 0, 40)).slice(0, n).to_pylist()
-    return ["".join("9" if c.isdigit() else "A" if c.isupper() else "a" if c.isalpha() else c for c in v) for v in head]
+    head = pc.unique(pc.utf8_slice_codeunits(text.slice(0, 256), 0, 40)).to_pylist()
+    shapes = ("".join("9" if c.isdigit() else "A" if c.isupper() else "a" if c.isalpha() else c for c in v) for v in head)
+    return list(dict.fromkeys(shapes))[:n]
 
 
 def _sample_rows(num_rows: int, sample: int, seed: int) -> np.ndarray | None:

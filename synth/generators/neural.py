@@ -70,20 +70,27 @@ class GRUCell(nn.Module):
 class TableNet(nn.Module):
     """Writes one table's rows feature by feature given a context (and sibling state)."""
 
-    def __init__(self, vocab: list[int], hidden: int, emb: int, sequence: bool, dropout: float = 0.0) -> None:
+    def __init__(self, vocab: list[int], hidden: int, emb: int, sequence: bool, represented: bool,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.vocab = vocab
         self.drop = nn.Dropout(dropout)
         self.sequence = sequence
+        self.represented = represented or sequence
         base = hidden * (2 if sequence else 1)
-        self.embeddings = nn.ModuleList([nn.Embedding(v, emb) for v in vocab])
+        # every parameter must shape the loss (opacus needs a per-sample gradient for each):
+        # a row nobody reads (a leaf table) has no representation and no last embedding
+        embedded = len(vocab) if self.represented else max(len(vocab) - 1, 0)
+        self.embeddings = nn.ModuleList([nn.Embedding(v, emb) for v in vocab[:embedded]])
         self.heads = nn.ModuleList([nn.Sequential(nn.Linear(base + j * emb, hidden), nn.ReLU(),
                                                   nn.Linear(hidden, v)) for j, v in enumerate(vocab)])
-        self.row = nn.Linear(hidden + len(vocab) * emb, hidden)
+        self.row = nn.Linear(hidden + len(vocab) * emb, hidden) if self.represented else None
         self.gru = GRUCell(hidden) if sequence else None
 
-    def represent(self, ctx: torch.Tensor, embedded: list[torch.Tensor]) -> torch.Tensor:
+    def represent(self, ctx: torch.Tensor, embedded: list[torch.Tensor]) -> torch.Tensor | None:
         """The row's representation: context for its children and input for the next sibling."""
+        if self.row is None:
+            return None
         return torch.relu(self.row(torch.cat([ctx, *embedded], dim=-1)))
 
 
@@ -101,7 +108,8 @@ class TreeNet(nn.Module):
         super().__init__()
         self.order = [(name, parent) for name, parent, _, _ in tables]
         self.hidden = hidden
-        self.nets = nn.ModuleDict({name: TableNet(vocab, hidden, emb, seq, dropout)
+        parents = {parent for _, parent, _, _ in tables}
+        self.nets = nn.ModuleDict({name: TableNet(vocab, hidden, emb, seq, name in parents, dropout)
                                    for name, _, vocab, seq in tables})
 
     def forward(self, *arrays: torch.Tensor) -> torch.Tensor:
@@ -126,7 +134,8 @@ class TreeNet(nn.Module):
                 for s in range(mask.shape[1]):
                     h = h * keep[:, s]
                     states.append(h)
-                    h = net.gru(rep[:, s], h)
+                    if s + 1 < mask.shape[1]:
+                        h = net.gru(rep[:, s], h)
                 base = torch.cat([ctx, torch.stack(states, dim=1)], dim=-1)
             weight = mask.to(torch.float32)
             for j, head in enumerate(net.heads):
@@ -146,8 +155,8 @@ class NeuralGenerator(Generator):
 
     name = "neural"
     defaults: dict[str, Any] = {
-        "epochs": 30, "batch_size": 64, "lr": 3e-3, "hidden": 64, "embedding": 16, "n_bins": 32,
-        "max_children": 64, "validation": 0.1, "patience": 3, "dropout": 0.0, "dp_epsilon": None, "dp_delta": 1e-5, "max_grad_norm": 1.0, "threads": None,
+        "epochs": 15, "batch_size": 64, "lr": 3e-3, "hidden": 64, "embedding": 16, "n_bins": 32,
+        "max_children": 64, "validation": 0.1, "patience": 4, "dropout": 0.0, "dp_epsilon": None, "dp_delta": 1e-5, "max_grad_norm": 1.0, "threads": None,
     }
 
     def __init__(self, **params: Any) -> None:
@@ -195,7 +204,7 @@ class NeuralGenerator(Generator):
                 starts = np.searchsorted(owner, np.arange(n_entities), side="left")
                 position = np.arange(td.n) - starts[owner]
                 per_entity = np.bincount(owner, minlength=n_entities)
-                width = max(1, min(cap, int(per_entity.max()) if td.n else 1))
+                width = max(2 if t.order_by else 1, min(cap, int(per_entity.max()) if td.n else 1))
                 entity[t.name], slot[t.name] = owner, position
                 keep[t.name] = keep[t.parent][td.parent] & (position < width)
                 parent_slot = slot[t.parent][td.parent]
@@ -212,13 +221,14 @@ class NeuralGenerator(Generator):
             sizes.append(mask.sum(axis=1))
         return arrays, np.stack(sizes)
 
-    @staticmethod
-    def _batch(tensors: list[torch.Tensor], sizes: np.ndarray, idx: np.ndarray) -> list[torch.Tensor]:
-        """The entities ``idx``, each table trimmed to the widest entity of the batch."""
+    def _batch(self, tensors: list[torch.Tensor], sizes: np.ndarray, idx: np.ndarray) -> list[torch.Tensor]:
+        """The entities ``idx``, each table trimmed to the widest entity of the batch (at least
+        two slots for sequences, so that the sibling state always shapes the loss)."""
         out = []
         pick = torch.from_numpy(idx)
-        for i in range(sizes.shape[0]):
-            width = max(1, int(sizes[i, idx].max()) if len(idx) else 1)
+        for i, t in enumerate(self.schema.tables):
+            least = 2 if t.order_by else 1
+            width = max(least, int(sizes[i, idx].max()) if len(idx) else least)
             out += [t[pick, :width] for t in tensors[4 * i: 4 * i + 4]]
         return out
 
@@ -262,6 +272,7 @@ class NeuralGenerator(Generator):
         optimizer = torch.optim.Adam(net.parameters(), lr=float(self.params["lr"]))
         batch = int(self.params["batch_size"])
         epochs = int(self.params["epochs"])
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
         n_entities = sizes.shape[1]
         shuffled = rng.permutation(n_entities)
         n_val = int(round(float(self.params["validation"]) * n_entities)) if n_entities >= 20 else 0
@@ -281,6 +292,7 @@ class NeuralGenerator(Generator):
                 loss.backward()
                 optimizer.step()
                 total += float(loss.detach()) * len(idx)
+            schedule.step()
             self.history.append(total / max(len(train), 1))
             if n_val == 0:
                 continue
@@ -363,8 +375,10 @@ class NeuralGenerator(Generator):
             cum /= np.where(cum[:, -1:] > 0, cum[:, -1:], 1.0)
             tok = np.minimum((cum < rng.random(m)[:, None]).sum(axis=1), probs.shape[1] - 1)
             tokens[:, j] = tok
-            embedded.append(net.embeddings[j](torch.from_numpy(tok)))
-        return tokens, net.represent(ctx, embedded)
+            if j < len(net.embeddings):
+                embedded.append(net.embeddings[j](torch.from_numpy(tok)))
+        rep = net.represent(ctx, embedded)
+        return tokens, rep if rep is not None else torch.zeros((m, ctx.shape[-1]))
 
     def _sample_features(self, n_entities: int, seed: int, conditions: list[BoundCondition]) -> Features:
         schema, plan = self._fitted()
