@@ -48,7 +48,8 @@ def k_anonymity(
         raise ConfigError("k_anonymity: give at least one quasi-identifier column")
     missing = [c for c in qis if c not in table.column_names]
     if missing:
-        raise SchemaError(f"k_anonymity: no column(s) {', '.join(missing)} in table (has {', '.join(table.column_names)})")
+        have = ", ".join(table.column_names)
+        raise SchemaError(f"k_anonymity: no column(s) {', '.join(missing)} in the table (it has {have})")
     if COUNT in qis:
         raise SchemaError(f"k_anonymity: a quasi-identifier may not be called {COUNT!r}")
     steps = sorted({int(t) for t in thresholds})

@@ -15,6 +15,7 @@ import datetime as dt
 import importlib
 import ipaddress
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -23,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import tomli_w
 
 from masking.functions.registry import as_array
 from masking.functions.textbuf import is_text, string_buffers
@@ -180,7 +182,7 @@ def _phone(s: _Sample, loose: bool = False) -> np.ndarray:
     shaped = s.matches(r"^\+?[0-9][0-9 ().\-]{5,22}[0-9]$") | s.matches(r"^\+?\([0-9]{1,4}\)[0-9 .\-]{5,20}[0-9]$")
     formatted = s.matches(r"^\+|[ ()\-.]")
     ndigits = pc.utf8_length(_digits_only(s.text)).to_numpy(zero_copy_only=False)
-    ok = shaped & (ndigits >= 7) & (ndigits <= 15) & ~s.matches(_DATE_TEXT)
+    ok = shaped & (ndigits >= 7) & (ndigits <= 15) & ~s.matches(_DATE_TEXT) & ~s.matches(_SSN)
     return ok if loose else ok & formatted
 
 
@@ -216,9 +218,13 @@ def luhn_valid(digits: pa.Array) -> np.ndarray:
     return out
 
 
+def _pan_shape(s: _Sample) -> np.ndarray:
+    ndigits = pc.utf8_length(_digits_only(s.text)).to_numpy(zero_copy_only=False)
+    return s.matches(r"^[0-9][0-9 \-]{11,24}[0-9]$") & (ndigits >= 13) & (ndigits <= 19)
+
+
 def _pan(s: _Sample) -> np.ndarray:
-    shaped = s.matches(r"^[0-9][0-9 \-]{11,24}[0-9]$")
-    return shaped & luhn_valid(_digits_only(s.text))
+    return _pan_shape(s) & luhn_valid(_digits_only(s.text))
 
 
 def iban_valid(values: pa.Array) -> np.ndarray:
@@ -242,6 +248,10 @@ def iban_valid(values: pa.Array) -> np.ndarray:
 
 def _iban(s: _Sample) -> np.ndarray:
     return iban_valid(s.text)
+
+
+def _iban_shape(s: _Sample) -> np.ndarray:
+    return s.matches(r"^[A-Za-z]{2}[0-9]{2}[A-Za-z0-9 ]{11,40}$")
 
 
 def _ip(s: _Sample) -> np.ndarray:
@@ -272,9 +282,9 @@ def _last_name(s: _Sample) -> np.ndarray:
 
 def _person_name(s: _Sample) -> np.ndarray:
     """``First Last`` or ``First M. Last``: a listed first name and a listed last name."""
-    parts = pc.extract_regex(
-        s.text, rf"^(?:(?:Mr|Mrs|Ms|Dr|Miss)\.?\s+)?(?P<first>{_LETTER}+)\s+(?:.*\s)?(?P<last>{_LETTER}(?:{_LETTER}|['\-])*)$"
-    )
+    title = r"(?:(?:Mr|Mrs|Ms|Dr|Miss)\.?\s+)?"
+    pattern = rf"^{title}(?P<first>{_LETTER}+)\s+(?:.*\s)?(?P<last>{_LETTER}(?:{_LETTER}|['\-])*)$"
+    parts = pc.extract_regex(s.text, pattern)
     return (_in_list(pc.struct_field(parts, "first"), _name_list("first_names"))
             & _in_list(pc.struct_field(parts, "last"), _name_list("last_names")))
 
@@ -362,7 +372,9 @@ Check = Callable[[_Sample], np.ndarray]
 class _Tag:
     """A PII tag: the name phrases that suggest it, the column kinds it can live in,
     a strict value check usable without name evidence (``detect``, with the share of
-    the sample it must reach) and a looser one that confirms name evidence."""
+    the sample it must reach) and a looser one that confirms name evidence (shape
+    only: a column named ``card_number`` holding Luhn-invalid test numbers is still
+    card numbers)."""
 
     name: str
     phrases: tuple[tuple[str, ...], ...]
@@ -370,6 +382,9 @@ class _Tag:
     confirm: Check | None
     detect: Check | None = None
     detect_min: float = 0.5
+    overrides: bool = True
+    """Whether ``detect`` is specific enough to overrule another tag's name evidence
+    (an IBAN checksum is; a name list is not: names are also surnames and streets)."""
 
 
 def _p(*phrases: str) -> tuple[tuple[str, ...], ...]:
@@ -383,9 +398,9 @@ TAGS: tuple[_Tag, ...] = (  # priority order: the first tag whose phrase matches
     _Tag("device_id", _p("fingerprint", "imei", "udid", "idfa", "gaid", "mac address", "device id",
                          "device token", "advertising id", "user agent"), frozenset({_TEXT, _BINARY}),
          _device_like, _device),
-    _Tag("iban", _p("iban"), _T, _iban, _iban),
+    _Tag("iban", _p("iban"), _T, _iban_shape, _iban),
     _Tag("pan", _p("pan", "card number", "cc number", "credit card", "ccn", "primary account number"),
-         _TI, _pan, _pan),
+         _TI, _pan_shape, _pan),
     _Tag("national_id", _p("ssn", "social security", "national id", "national number", "national insurance",
                            "nino", "tax id", "tax number", "taxpayer id", "passport", "driver license",
                            "drivers license", "driving licence", "driving license", "id number", "id card",
@@ -396,16 +411,16 @@ TAGS: tuple[_Tag, ...] = (  # priority order: the first tag whose phrase matches
          lambda s: _phone(s, loose=True), _phone),
     _Tag("postcode", _p("postcode", "post code", "postal code", "postal", "zip", "zip code", "plz"), _TI, _postcode),
     _Tag("city", _p("city", "town", "municipality", "locality"), _T, _city),
-    _Tag("first_name", _p("first name", "given name", "middle name"), _T, _name_shape, _first_name, 0.8),
-    _Tag("last_name", _p("last name", "family name", "maiden name"), _T, _name_shape, _last_name, 0.8),
+    _Tag("first_name", _p("first name", "given name", "middle name"), _T, _name_shape, _first_name, 0.8, False),
+    _Tag("last_name", _p("last name", "family name", "maiden name"), _T, _name_shape, _last_name, 0.8, False),
     _Tag("person_name", _p("full name", "person name", "cardholder", "card holder", "account holder",
                            "holder name", "contact name", "customer name", "display name"),
-         _T, _name_shape, _person_name, 0.8),
+         _T, _name_shape, _person_name, 0.8, False),
     _Tag("street_address", _p("street", "address", "address line", "house number"), _T,
-         _looks_like_address, _street, 0.8),
+         _looks_like_address, _street, 0.8, False),
     _Tag("geo", _p("lat", "lon", "geo", "coordinates", "geolocation"), frozenset({_FLOAT}), _geo),
     _Tag("free_text", _p("note", "notes", "comment", "comments", "remark", "remarks", "memo", "free text"),
-         _T, _embedded, _embedded, 0.0),
+         _T, _embedded, _embedded, 0.0, False),
 )
 _BY_NAME = {t.name: t for t in TAGS}
 PII_TAGS: tuple[str, ...] = tuple(t.name for t in TAGS)
@@ -440,16 +455,23 @@ def _name_tag(tokens: tuple[str, ...], table_tokens: tuple[str, ...], kind: str)
         if kind in tag.kinds and any(_has_phrase(tokens, p) for p in tag.phrases):
             return tag, False
     if kind == _TEXT and "name" in tokens:
-        context = {_singular(w) for w in (*tokens, *table_tokens)}
-        return _BY_NAME["person_name"], not (context & _PERSON_WORDS)
+        words = (*tokens, *table_tokens) if tokens == ("name",) else tokens  # products.name vs customers.name
+        return _BY_NAME["person_name"], not ({_singular(w) for w in words} & _PERSON_WORDS)
     return None, False
+
+
+_CONTRADICTS = 20
+"""Sampled values needed before 'none of them fits' overrules name evidence."""
 
 
 def _share(mask: np.ndarray) -> float:
     return float(mask.mean()) if len(mask) else 0.0
 
 
-def _classify(table_name: str, column: str, sample: _Sample, kind: str | None) -> tuple[str | None, float, By | None, float]:
+Verdict = tuple[str | None, float, By | None, float]
+
+
+def _classify(table_name: str, sample: _Sample, kind: str | None) -> Verdict:
     """(tag, confidence, by, matched share) of one column."""
     if kind is None:
         return None, 0.0, None, 0.0
@@ -468,11 +490,13 @@ def _classify(table_name: str, column: str, sample: _Sample, kind: str | None) -
         share = _share(tag.confirm(sample))
         if tag.name == "free_text":
             return _free_text(sample, share)
-        if best is not None and best is not tag and best_share >= 0.8 and best_share > share:
+        if best is not None and best is not tag and best.overrides and best_share >= max(0.8, share):
             return best.name, _values_confidence(best_share), "values", best_share
         if share >= 0.5:
             return tag.name, round(min(0.99, 0.7 + 0.3 * share), 3), "both", share
-        return tag.name, 0.35, "name", share
+        if share > 0 or len(sample.raw) < _CONTRADICTS:
+            return tag.name, 0.35, "name", share
+        tag = None  # not one value of a fair sample fits (mobile_os = 'iOS'): the name misled
     if tag is not None and best is tag:
         return tag.name, round(min(0.99, 0.7 + 0.3 * best_share), 3), "both", best_share
     if best is not None:
@@ -480,7 +504,7 @@ def _classify(table_name: str, column: str, sample: _Sample, kind: str | None) -
     return None, 0.0, None, 0.0
 
 
-def _free_text(sample: _Sample, share: float) -> tuple[str | None, float, By | None, float]:
+def _free_text(sample: _Sample, share: float) -> Verdict:
     """A notes-like column: PII found inside its text makes it certain; prose without
     hits in the sample is still flagged (a sample can miss the one leaking row)."""
     if share > 0:
@@ -551,7 +575,8 @@ def _shapes(values: pa.Array, n: int = 3) -> list[str]:
     """Up to ``n`` distinct value shapes: digits -> 9, capitals -> A, other letters -> a."""
     text = values if is_text(values.type) else pc.cast(values, pa.string())
     head = pc.unique(pc.utf8_slice_codeunits(text.slice(0, 256), 0, 40)).to_pylist()
-    shapes = ("".join("9" if c.isdigit() else "A" if c.isupper() else "a" if c.isalpha() else c for c in v) for v in head)
+    shapes = ("".join("9" if c.isdigit() else "A" if c.isupper() else "a" if c.isalpha() else c for c in v)
+              for v in head)
     return list(dict.fromkeys(shapes))[:n]
 
 
@@ -569,13 +594,14 @@ def scan_table(table_name: str, table: pa.Table, *, sample: int = 2000, seed: in
     rows = _sample_rows(table.num_rows, sample, seed)
     sampled = table if rows is None else table.take(pa.array(rows))
     findings = []
-    for column, f in zip(table.column_names, table.schema):
-        values = as_array(sampled.column(column))
+    for index, f in enumerate(table.schema):
+        column = f.name
+        values = as_array(sampled.column(index))
         if pa.types.is_dictionary(values.type):
             values = values.cast(values.type.value_type)
         kind = _kind(values.type)
         s = _Sample(values.drop_null() if kind is not None else values, name_tokens(column))
-        tag, confidence, by, share = _classify(table_name, column, s, kind)
+        tag, confidence, by, share = _classify(table_name, s, kind)
         if tag is None and _is_key(s.tokens, kind):
             tag, confidence, by = KEY_TAG, 0.9, "name"
         findings.append(ColumnFinding(
@@ -601,20 +627,22 @@ def policy_draft(findings: Iterable[ColumnFinding], policy_name: str) -> str:
     """A ``[policies.NAME.columns]`` TOML section with a rule for every scanned column
     (``"keep"`` included), tables in name order and columns in scan order, for a person
     to review and paste into ``microdb.toml``. Deterministic for the same findings."""
-    import tomli_w
-
     if not policy_name:
         raise ConfigError("pii scan: the policy name of the draft must not be empty")
     ordered = sorted(findings, key=lambda f: f.table)
+    twice = sorted(n for n, c in Counter(f"{f.table}.{f.column}" for f in ordered).items() if c > 1)
+    if twice:
+        raise ConfigError(f"pii scan: column(s) scanned twice, the draft would repeat keys: {', '.join(twice)}")
     lines = [tomli_w.dumps({"policies": {policy_name: {"columns": {}}}}).rstrip("\n")]
     for f in ordered:
         key = tomli_w.dumps({f"{f.table}.{f.column}": 0}).rsplit(" = ", 1)[0]
-        lines.append(f"{key} = {_inline(f.rule, tomli_w.dumps)}")
+        lines.append(f"{key} = {_inline(f.rule)}")
     return "\n".join(lines) + "\n"
 
 
-def _inline(rule: Rule, dumps: Callable[[Mapping[str, Any]], str]) -> str:
-    """A rule as a TOML value: a bare function name or an inline table."""
+def _inline(rule: Rule) -> str:
+    """A rule as a TOML value: a bare function name or an inline table (tomli_w writes
+    nested tables as ``[sub.tables]``, one per column, which is harder to review)."""
     if isinstance(rule, str):
-        return dumps({"v": rule}).split(" = ", 1)[1].strip()
-    return "{ " + ", ".join(dumps({k: v}).strip() for k, v in rule.items()) + " }"
+        return tomli_w.dumps({"v": rule}).split(" = ", 1)[1].strip()
+    return "{ " + ", ".join(tomli_w.dumps({k: v}).strip() for k, v in rule.items()) + " }"

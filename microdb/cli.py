@@ -309,6 +309,78 @@ def detokenize(
         ws.close()
 
 
+pii_app = typer.Typer(no_args_is_help=True, help="Find personal data and measure re-identification risk.")
+app.add_typer(pii_app, name="pii")
+
+
+@pii_app.command("scan")
+def pii_scan(
+    source: Optional[list[str]] = typer.Option(None, "--source", help="Sources to scan (default: all)."),
+    sample: int = typer.Option(2000, "--sample", help="Values sampled per column."),
+    policy: Optional[str] = typer.Option(None, "--policy-draft", help="Also print a [policies.NAME.columns] draft classifying every column."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the draft to this file instead of stdout."),
+) -> None:
+    """Propose PII tags per column from names and sampled values (email, phone, national id,
+    card numbers with Luhn, IBAN with checksum, names, addresses, dates of birth, IPs, geo)."""
+    from masking.pii import policy_draft, scan_tables
+
+    ws = _open()
+    try:
+        names = source or ws.sources.names
+        findings = []
+        for name in names:
+            src = ws.sources[name]
+            tables = {t: src.read(t) for t in src.catalog().tables}
+            findings += scan_tables(tables, sample=sample)
+        ws.record("pii.scan", details={"sources": names, "columns": len(findings)})
+    finally:
+        ws.close()
+    t = Table(title="PII scan", header_style="bold cyan", title_justify="left")
+    for col in ("table.column", "tag", "confidence", "by", "matched", "proposed rule"):
+        t.add_column(col)
+    for f in findings:
+        if f.tag is None:
+            continue
+        rule = f.rule if isinstance(f.rule, str) else ", ".join(f"{k}={v}" for k, v in f.rule.items())
+        t.add_row(f"{f.table}.{f.column}", f.tag, f"{f.confidence:.2f}", f.by or "", f"{f.matched_share:.0%}", rule)
+    out.print(t)
+    out.print(f"[dim]{sum(1 for f in findings if f.pii)} PII columns of {len(findings)} scanned[/dim]")
+    if policy:
+        text = policy_draft(findings, policy)
+        if output:
+            output.write_text(text)
+            err.print(f"wrote the policy draft to {output}")
+        else:
+            sys.stdout.write(text)
+
+
+@pii_app.command("kcheck")
+def pii_kcheck(
+    entity_type: str = typer.Argument(..., help="Entity type whose synced entities are measured."),
+    columns: str = typer.Option(..., "--columns", help="Quasi-identifiers of one table: TABLE.COL1,TABLE.COL2,…"),
+    role: Optional[str] = typer.Option(None, "--role", help="Measure the view of this role."),
+) -> None:
+    """k-anonymity of quasi-identifiers as a role sees them, over all synced entities."""
+    from masking.kanon import k_anonymity
+
+    cols = [c.strip() for c in columns.split(",") if c.strip()]
+    tables = {c.rpartition(".")[0] for c in cols}
+    if len(tables) != 1 or "" in tables:
+        raise MicrodbError("--columns must all be TABLE.COLUMN of one table")
+    table = tables.pop()
+    names = [c.rpartition(".")[2] for c in cols]
+    ws = _open()
+    try:
+        sql = "SELECT " + ", ".join(f'"{n}"' for n in names) + f' FROM "{table}"'
+        data = ws.query(entity_type, sql, role=role).drop_columns(["entity_key"])
+    finally:
+        ws.close()
+    rep = k_anonymity(data, names)
+    out.print(f"k = [bold]{rep.k}[/bold] over {rep.rows} rows in {rep.classes} classes ({', '.join(names)}; role {role or 'default'})")
+    for k, share in rep.share_below.items():
+        out.print(f"  rows in classes smaller than {k}: {share:.1%}")
+
+
 audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
 app.add_typer(audit_app, name="audit")
 

@@ -3,61 +3,79 @@
 A record holds, per table, one Arrow IPC record-batch message *without* its schema;
 schemas are stored once in the store and referenced by id, so a small entity does not
 pay for repeating its column metadata. The whole payload is then zstd-compressed.
+
+Layout: ``u16 n`` then, per table, ``u16 len, name, 24-byte schema id, u32 size``, then
+the ``n`` messages back to back.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import struct
 
 import pyarrow as pa
 
-_HEADER = struct.Struct("<I")
+SCHEMA_ID_LEN = 24
+_COUNT = struct.Struct("<H")
+_SIZE = struct.Struct("<I")
+_EMPTY: dict[str, pa.RecordBatch] = {}
 
 
 def schema_id(schema: pa.Schema) -> str:
     """Stable id of a schema (its IPC serialization hashed)."""
-    return hashlib.sha256(schema.serialize().to_pybytes()).hexdigest()[:24]
+    return hashlib.sha256(schema.serialize().to_pybytes()).hexdigest()[:SCHEMA_ID_LEN]
+
+
+@functools.lru_cache(maxsize=1024)
+def _entry(name: str, sid: str) -> bytes:
+    raw = name.encode()
+    return _COUNT.pack(len(raw)) + raw + sid.encode()
+
+
+def _empty(sid: str, schema: pa.Schema) -> pa.RecordBatch:
+    batch = _EMPTY.get(sid)
+    if batch is None:
+        batch = _EMPTY[sid] = pa.RecordBatch.from_arrays([pa.array([], f.type) for f in schema], schema=schema)
+    return batch
 
 
 def encode(batches: dict[str, tuple[str, pa.RecordBatch]]) -> bytes:
     """Serialize ``{table: (schema_id, batch)}`` into one uncompressed payload."""
-    parts: list[pa.Buffer] = []
-    header = []
+    head = [_COUNT.pack(len(batches))]
+    bodies = []
     for name, (sid, batch) in batches.items():
         if batch.num_rows == 0:
             # a zero-length slice would serialize its parent's whole buffers
-            batch = _empty(batch.schema)
+            batch = _empty(sid, batch.schema)
         buf = batch.serialize()
-        parts.append(buf)
-        header.append([name, sid, buf.size])
-    head = json.dumps(header, separators=(",", ":")).encode()
-    return b"".join([_HEADER.pack(len(head)), head, *(p.to_pybytes() for p in parts)])
-
-
-_EMPTY: dict[str, pa.RecordBatch] = {}
-
-
-def _empty(schema: pa.Schema) -> pa.RecordBatch:
-    key = schema_id(schema)
-    batch = _EMPTY.get(key)
-    if batch is None:
-        batch = _EMPTY[key] = pa.RecordBatch.from_arrays([pa.array([], f.type) for f in schema], schema=schema)
-    return batch
+        head.append(_entry(name, sid))
+        head.append(_SIZE.pack(buf.size))
+        bodies.append(buf)
+    return b"".join(head + bodies)
 
 
 def decode(payload: bytes, schemas: dict[str, pa.Schema]) -> dict[str, pa.Table]:
-    """Inverse of :func:`encode`; ``schemas`` maps schema id to schema."""
-    (hlen,) = _HEADER.unpack_from(payload, 0)
-    header = json.loads(payload[_HEADER.size : _HEADER.size + hlen])
+    """Inverse of :func:`encode`; ``schemas`` maps schema id to schema (KeyError names a missing id)."""
+    (n,) = _COUNT.unpack_from(payload, 0)
+    pos = _COUNT.size
+    entries = []
+    for _ in range(n):
+        (ln,) = _COUNT.unpack_from(payload, pos)
+        pos += _COUNT.size
+        name = payload[pos : pos + ln].decode()
+        pos += ln
+        sid = payload[pos : pos + SCHEMA_ID_LEN].decode()
+        pos += SCHEMA_ID_LEN
+        (size,) = _SIZE.unpack_from(payload, pos)
+        pos += _SIZE.size
+        entries.append((name, sid, size))
     buf = pa.py_buffer(payload)
-    pos = _HEADER.size + hlen
     out: dict[str, pa.Table] = {}
-    for name, sid, size in header:
-        batch = pa.ipc.read_record_batch(buf.slice(pos, size), schemas[sid])
-        out[name] = pa.Table.from_batches([batch], schema=schemas[sid])
+    for name, sid, size in entries:
+        schema = schemas[sid]
+        batch = pa.ipc.read_record_batch(buf.slice(pos, size), schema)
+        out[name] = pa.Table.from_batches([batch], schema=schema)
         pos += size
     return out
 

@@ -28,7 +28,7 @@ from microdb import codec
 from microdb.errors import KeyMaterialError, SealError
 from microdb.keys import Keyring
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS schemas (id TEXT PRIMARY KEY, ipc BLOB NOT NULL);
@@ -94,6 +94,12 @@ class Store:
                 raise KeyMaterialError(
                     f"{path}: the master key does not match the one this store was sealed with "
                     "(check MICRODB_MASTER_KEY or the workspace key file)"
+                )
+            fmt = con.execute("SELECT v FROM meta WHERE k = 'format'").fetchone()
+            if fmt is not None and fmt[0] != FORMAT_VERSION:
+                raise SealError(
+                    f"{path}: store format {fmt[0]}, this microdb reads format {FORMAT_VERSION}; "
+                    "move the store aside and sync again"
                 )
 
     # connections -------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 Every feature becomes a normal score: numeric ones through their empirical quantile
 transform (with a second score for "is null" when the column has nulls), categorical
-ones through their frequency interval. A table's correlation matrix spans selected
+ones with up to ``one_hot_max`` categories through one score per category (decoded by
+an argmax whose offsets are calibrated to the training shares), larger ones through
+their frequency interval. A table's correlation matrix spans selected
 parent scores (its child count first, then the parent's own columns) and its own
 scores, so sampling a child row is a Gaussian conditional on the parent already
 sampled: ``z_row | z_parent ~ N(S_rp S_pp^-1 z_parent, S_rr - S_rp S_pp^-1 S_pr)``.
@@ -18,6 +20,16 @@ import numpy as np
 from synth.generators.base import Features, Generator
 from synth.transform import CategoricalCodec, NumericCodec, normal_cdf, normal_ppf
 from synth.tree import BoundCondition, TableData, expand
+
+
+def _interval_mean(lo, hi):
+    """Mean of a standard normal restricted to the scores of the uniform interval (lo, hi):
+    a category's score. Using the mean rather than a random point keeps rare categories'
+    dependence visible to the correlation matrix."""
+    a, b = normal_ppf(np.asarray(lo, dtype=np.float64)), normal_ppf(np.asarray(hi, dtype=np.float64))
+    width = np.maximum(np.asarray(hi, dtype=np.float64) - np.asarray(lo, dtype=np.float64), 1e-12)
+    density = lambda z: np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)  # noqa: E731
+    return (density(a) - density(b)) / width
 
 
 def _conditional(corr: np.ndarray, known: list[int], z_known: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -48,13 +60,14 @@ class CopulaGenerator(Generator):
     """Per-table Gaussian copula conditioned on the parent row."""
 
     name = "copula"
-    defaults: dict[str, Any] = {"n_bins": 32, "max_parent_features": 12, "shrinkage": 1e-3}
+    defaults: dict[str, Any] = {"n_bins": 32, "max_parent_features": 12, "shrinkage": 1e-3, "one_hot_max": 16}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self._dims: dict[str, list[list[str]]] = {}
         self._parent_dims: dict[str, list[int]] = {}
         self._corr: dict[str, np.ndarray] = {}
+        self._shifts: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ encoding
 
@@ -74,12 +87,38 @@ class CopulaGenerator(Generator):
                     v = rng.random(len(x))
                     columns.append(normal_ppf(np.where(null, v * p, p + v * (1 - p))))
                     dims.append([f.name, "null"])
+            elif self._one_hot(f.codec):
+                for code, p in enumerate(f.codec.probs):
+                    hit = x == code
+                    columns.append(np.where(hit, _interval_mean(1 - p, 1.0), _interval_mean(0.0, 1 - p)))
+                    dims.append([f.name, f"is:{code}"])
             else:
-                columns.append(normal_ppf(f.codec.to_uniform(x, rng)))
+                columns.append(_interval_mean(f.codec.cum[:-1], f.codec.cum[1:])[x])
                 dims.append([f.name, "value"])
         self._dims[table] = dims
         n = len(next(iter(values.values()))) if values else 0
         return np.column_stack(columns) if columns else np.zeros((n, 0))
+
+    def _one_hot(self, codec) -> bool:
+        """Small categoricals get one score per category (their dependence on other columns
+        need not follow an order); others one score over frequency intervals."""
+        return isinstance(codec, CategoricalCodec) and 3 <= codec.n_tokens <= int(self.params["one_hot_max"])
+
+    def _calibrate(self, table: str, rng: np.random.Generator, draws: int = 20_000) -> None:
+        """Offsets so that the argmax over a one-hot feature's scores reproduces its shares."""
+        corr = self._corr[table]
+        offset = corr.shape[0] - len(self._dims[table])
+        z = _conditional(corr, [], np.zeros((draws, 0)), rng)[:, offset:]
+        for f in self.plan.tables[table].features:
+            cols = [i for i, d in enumerate(self._dims[table]) if d[0] == f.name and d[1].startswith("is:")]
+            if not cols:
+                continue
+            target = np.maximum(f.codec.probs, 1e-9)
+            shift = normal_ppf(1 - target)
+            for _ in range(60):
+                share = np.bincount(np.argmax(z[:, cols] - shift, axis=1), minlength=len(cols)) / draws
+                shift = shift - 0.3 * (np.log(target) - np.log(np.maximum(share, 0.5 / draws)))
+            self._shifts[f"{table}/{f.name}"] = shift
 
     def _select_parent_dims(self, table: str, parent: str) -> list[int]:
         dims = self._dims[parent]
@@ -112,6 +151,7 @@ class CopulaGenerator(Generator):
                 corr = np.zeros((z.shape[1], z.shape[1]))
             np.fill_diagonal(corr, 1.0)
             self._corr[t.name] = (1 - shrink) * corr + shrink * np.eye(len(corr))
+            self._calibrate(t.name, rng)
 
     # ------------------------------------------------------------------ sample
 
@@ -120,6 +160,10 @@ class CopulaGenerator(Generator):
         index = {tuple(d): i for i, d in enumerate(self._dims[table])}
         out = {}
         for f in plan.features:
+            if (f.name, "is:0") in index:
+                cols = [index[(f.name, f"is:{c}")] for c in range(f.codec.n_tokens)]
+                out[f.name] = np.argmax(z[:, cols] - self._shifts[f"{table}/{f.name}"], axis=1)
+                continue
             u = normal_cdf(z[:, index[(f.name, "value")]])
             if isinstance(f.codec, NumericCodec):
                 x = f.codec.from_uniform(u)
@@ -135,6 +179,10 @@ class CopulaGenerator(Generator):
         plan = self.plan.tables[table]
         codec = plan.feature(cond.feature).codec
         index = {tuple(d): i for i, d in enumerate(self._dims[table])}
+        if (cond.feature, "is:0") in index:
+            code = int(cond.target)
+            p = codec.probs[code]
+            return [index[(cond.feature, f"is:{code}")]], normal_ppf((1 - p) + rng.random(m) * p)[:, None]
         if isinstance(codec, CategoricalCodec):
             code = int(cond.target)
             lo, hi = codec.cum[code], codec.cum[code + 1]
@@ -190,9 +238,12 @@ class CopulaGenerator(Generator):
 
     def _model_state(self) -> tuple[dict, dict[str, np.ndarray]]:
         meta = {"dims": self._dims, "parent_dims": self._parent_dims}
-        return meta, {f"corr/{name}": m for name, m in self._corr.items()}
+        arrays = {f"corr/{name}": m for name, m in self._corr.items()}
+        arrays.update({f"shift/{name}": v for name, v in self._shifts.items()})
+        return meta, arrays
 
     def _restore(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
         self._dims = {k: [list(d) for d in v] for k, v in meta["dims"].items()}
         self._parent_dims = {k: list(v) for k, v in meta["parent_dims"].items()}
         self._corr = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("corr/")}
+        self._shifts = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("shift/")}

@@ -59,7 +59,10 @@ def test_empty_table_and_errors():
 @given(st.lists(st.tuples(st.one_of(st.none(), st.integers(0, 3)), st.sampled_from(["p", "q", None])),
                 min_size=1, max_size=60))
 def test_agrees_with_a_plain_count(rows):
-    table = pa.table({"a": pa.array([r[0] for r in rows], pa.int64()), "b": pa.array([r[1] for r in rows], pa.string())})
+    table = pa.table({
+        "a": pa.array([r[0] for r in rows], pa.int64()),
+        "b": pa.array([r[1] for r in rows], pa.string()),
+    })
     counts = Counter(rows)
     r = k_anonymity(table, ["a", "b"], thresholds=[2, 4])
     assert r.k == min(counts.values())

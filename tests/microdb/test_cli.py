@@ -127,3 +127,27 @@ def test_unreachable_database(capsys, monkeypatch, tmp_path):
 def test_not_a_workspace(capsys, monkeypatch, tmp_path):
     code, _, err = run(capsys, monkeypatch, "-w", str(tmp_path), "get", "customer/1")
     assert code == 2 and "not a microdb workspace" in err
+
+
+def test_pii_scan_and_kcheck(capsys, monkeypatch, ws_path, tmp_path):
+    draft = tmp_path / "draft.toml"
+    code, out, err = run(capsys, monkeypatch, "-w", ws_path, "pii", "scan", "--source", "crm", "--source", "core",
+                         "--policy-draft", "draft", "-o", str(draft))
+    assert code == 0, err
+    for col, tag in [("customers.national_id", "national_id"), ("customers.email", "email"), ("accounts.iban", "iban"),
+                     ("cards.pan", "pan")]:
+        assert any(col in line and tag in line for line in out.splitlines()), (col, out)
+    assert "customers.segment" not in out  # not personal data
+    import tomllib
+
+    from masking.policy import compile_policy
+
+    doc = tomllib.loads(draft.read_text())
+    cols = doc["policies"]["draft"]["columns"]
+    assert cols["customers.segment"] == "keep" and "customers.national_id" in cols
+    compile_policy({"r": {"policy": "draft"}}, doc["policies"])  # the draft is a valid policy
+    qi = "customers.date_of_birth,customers.segment,customers.country_code"
+    _, raw_out, _ = run(capsys, monkeypatch, "-w", ws_path, "pii", "kcheck", "customer", "--columns", qi, "--role", "admin")
+    _, masked_out, err = run(capsys, monkeypatch, "-w", ws_path, "pii", "kcheck", "customer", "--columns", qi, "--role", "analyst")
+    classes = lambda text: int(text.split(" classes")[0].rsplit(" ", 1)[1])  # noqa: E731
+    assert classes(masked_out) < classes(raw_out), (raw_out, masked_out, err)
