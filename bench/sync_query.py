@@ -59,7 +59,8 @@ def bench_store_size(report: Report, ws: microdb.Workspace, etype: str = "custom
     report.add("store", "sealed size", sbytes / 1e6, "MB", "zstd Parquet", sbytes / pbytes, "≤ 1.5×")
 
 
-def bench_query(report: Report, ws: microdb.Workspace, etype: str = "customer", n: int = 300) -> None:
+def bench_query(report: Report, ws: microdb.Workspace, etype: str = "customer", n: int = 200) -> None:
+    n = min(n, ws.config.query.pool_size)  # the warm set must fit the warm pool
     keys = ws.store.keys(etype)
     rng = random.Random(1)
     sample = rng.sample(keys, min(n, len(keys)))
@@ -81,7 +82,7 @@ def bench_query(report: Report, ws: microdb.Workspace, etype: str = "customer", 
     report.add("query", "cold p95 (unseal + hydrate)", c["p95_ms"], "ms")
 
 
-def run(report: Report, customers: int, with_postgres: bool = True) -> None:
+def run(report: Report, customers: int, with_postgres: bool = True, query_only: bool = False) -> None:
     from microdb.init import init_workspace
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,12 +92,15 @@ def run(report: Report, customers: int, with_postgres: bool = True) -> None:
         console.print(f"[dim]fixture ready in {t:.1f}s[/dim]")
         ws = microdb.open(path)
         try:
-            bench_sync(report, ws, "SQLite+Parquet")
-            bench_store_size(report, ws)
+            if query_only:
+                ws.sync("customer")
+            else:
+                bench_sync(report, ws, "SQLite+Parquet")
+                bench_store_size(report, ws)
             bench_query(report, ws)
         finally:
             ws.close()
-        if with_postgres:
+        if with_postgres and not query_only:
             run_postgres(report, customers, Path(tmp))
 
 

@@ -309,6 +309,52 @@ def detokenize(
         ws.close()
 
 
+@app.command()
+def serve(
+    pg: Optional[str] = typer.Option(None, "--pg", help="HOST:PORT of the Postgres-wire listener (default [server] pg, 127.0.0.1:6543)."),
+) -> None:
+    """Serve entities over the PostgreSQL wire protocol until SIGINT/SIGTERM.
+
+    psql -h 127.0.0.1 -p 6543 -U analyst -d microdb, then SET microdb.entity = 'customer/42'."""
+    import signal
+    import ssl
+    import threading
+
+    from microdb.server.backend import WorkspaceBackend
+    from microdb.server.pgwire import PgServer
+
+    ws = _open()
+    try:
+        host, _, port = (pg or ws.config.server.pg).rpartition(":")
+        sc = ws.config.server
+        ctx = None
+        if sc.tls_cert and sc.tls_key:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(ws.root / sc.tls_cert, ws.root / sc.tls_key)
+        server = PgServer(WorkspaceBackend(ws), host or "127.0.0.1", int(port), ssl_context=ctx, require_tls=sc.require_tls)
+        handle = server.serve_in_thread()
+        done = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: done.set())
+        err.print(f"microdb: Postgres wire on {server.host}:{handle.port} "
+                  f"({len(sc.users)} user(s); psql -h {server.host} -p {handle.port} -U USER -d microdb)")
+        done.wait()
+        err.print("microdb: stopping (letting running queries finish)")
+        handle.stop()
+    finally:
+        ws.close()
+
+
+@app.command()
+def verifier(
+    password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True, help="The password (prompted)."),
+) -> None:
+    """Print a SCRAM-SHA-256 verifier for [server.users.NAME] password_verifier (the password itself is never stored)."""
+    from microdb.server.pgwire import ScramVerifier
+
+    out.print(str(ScramVerifier.from_password(password)), highlight=False, soft_wrap=True)
+
+
 pii_app = typer.Typer(no_args_is_help=True, help="Find personal data and measure re-identification risk.")
 app.add_typer(pii_app, name="pii")
 

@@ -122,6 +122,22 @@ class LineageConfig(_Model):
     http_url: str | None = None
 
 
+class ServerUser(_Model):
+    """A login of the Postgres-wire server: its role and how it authenticates."""
+
+    role: str
+    password_verifier: str | None = None  # SCRAM-SHA-256$…, from `microdb verifier`; never a password
+    trusted_local: bool = False  # loopback connections need no password
+
+
+class ServerConfig(_Model):
+    pg: str = "127.0.0.1:6543"
+    users: dict[str, ServerUser] = Field(default_factory=dict)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    require_tls: bool = False
+
+
 class WorkspaceSection(_Model):
     name: str = "microdb"
     key_file: str = ".microdb/master.key"
@@ -135,6 +151,7 @@ class Config(_Model):
     query: QueryConfig = Field(default_factory=QueryConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     lineage: LineageConfig = Field(default_factory=LineageConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
     relations: list[RelationConfig] = Field(default_factory=list)
     entities: dict[str, EntityConfig] = Field(default_factory=dict)
@@ -162,6 +179,11 @@ def _cross_check(cfg: Config) -> list[str]:
                 problems.append(f"relations[{i}]: unknown source {side.split('.')[0]!r}")
         if len(rel.columns) != len(rel.parent_columns) or not rel.columns:
             problems.append(f"relations[{i}]: columns and parent_columns must be non-empty and the same length")
+    for uname, user in cfg.server.users.items():
+        if cfg.roles and user.role not in cfg.roles:
+            problems.append(f"server.users.{uname}.role: unknown role {user.role!r} (known: {', '.join(sorted(cfg.roles))})")
+        if not user.password_verifier and not user.trusted_local:
+            problems.append(f"server.users.{uname}: set password_verifier (see `microdb verifier`) or trusted_local = true")
     for name, ent in cfg.entities.items():
         where = f"entities.{name}"
         if ent.root not in ent.tables:

@@ -78,7 +78,7 @@ class Pool:
         self,
         ident: tuple[str, str, str],
         version: int,
-        load: Callable[[], tuple[dict[str, pa.Table], list[str]]],
+        load: Callable[[], tuple[dict[str, pa.Table], list[str], int]],
     ) -> Hydrated:
         """The warm entry for ``ident`` at ``version``, hydrating it with ``load`` if needed."""
         with self._lock:
@@ -90,10 +90,9 @@ class Pool:
             if entry is not None:
                 self._drop(ident)
             self.misses += 1
-        tables, withheld = load()
+        tables, withheld, nbytes = load()  # nbytes: the entity's own tables (shared references excluded)
         db = self.database(ident[2])
         cur = register_tables(db, tables)
-        nbytes = sum(t.nbytes for t in tables.values())
         entry = Hydrated(cur, tables, version, withheld, nbytes)
         with self._lock:
             old = self._entries.pop(ident, None)

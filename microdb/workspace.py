@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import os
+from contextvars import ContextVar
 import threading
 import time
 from collections.abc import Iterable
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     import polars
 
 WORKSPACE_ENV = "MICRODB_WORKSPACE"
+# who is acting, when a server acts for an authenticated user (default: the OS user)
+ACTOR: ContextVar[str | None] = ContextVar("microdb_actor", default=None)
 FANOUT_KEY = "entity_key"
 
 
@@ -65,10 +68,11 @@ class Workspace:
         self._lock = threading.Lock()
 
     # audit --------------------------------------------------------------------------------
-    def record(self, action: str, outcome: str = "ok", **fields: Any) -> None:
+    def record(self, action: str, outcome: str = "ok", actor: str | None = None, **fields: Any) -> None:
         """Append one audit record (after the action); raises AuditError if it cannot be written."""
         if self.audit is not None:
-            self.audit.append(AuditEvent(action=action, outcome=outcome, actor=self.actor, **fields))
+            who = actor or ACTOR.get() or self.actor
+            self.audit.append(AuditEvent(action=action, outcome=outcome, actor=who, **fields))
 
     def checked(self, etype: str, sql: str, entity: str, role: str) -> Any:
         """The guarded form of ``sql``; a refusal or syntax error is audited, then raised."""
@@ -166,7 +170,7 @@ class Workspace:
         self._refs[(et.name, role)] = (version, masked, withheld)
         return masked, withheld
 
-    def _load(self, et: EntityType, key: str, role: str) -> tuple[dict[str, pa.Table], list[str]]:
+    def _load(self, et: EntityType, key: str, role: str) -> tuple[dict[str, pa.Table], list[str], int]:
         """Unseal one entity and mask it for ``role`` before anything reaches DuckDB."""
         rec = self.store.get(et.name, key)
         if rec is None:
@@ -174,7 +178,8 @@ class Workspace:
         self.policies.check(role, et.name, {n: t.column_names for n, t in rec.tables.items()})
         masked, withheld = self.policies.mask(role, rec.tables, f"{et.name}/{key}")
         refs, ref_withheld = self._references(et, role)
-        return {**masked, **refs}, sorted(withheld + ref_withheld)
+        own = sum(t.nbytes for t in masked.values())
+        return {**masked, **refs}, sorted(withheld + ref_withheld), own
 
     def hydrate(self, address: str, role: str | None = None) -> Hydrated:
         etype, key = parse_address(address)
@@ -225,7 +230,7 @@ class Workspace:
                 with entry.lock:
                     res = run_guarded(entry.cursor, guarded, timeout)
             else:
-                tables, _ = self._load(et, key, role)
+                tables, _, _ = self._load(et, key, role)
                 cur = register_tables(db, tables)
                 try:
                     res = run_guarded(cur, guarded, timeout)

@@ -201,10 +201,12 @@ def _from_relative_gaps(gaps: np.ndarray, parent: np.ndarray, first: np.ndarray,
     return np.minimum(high - room, np.maximum(high, first[parent]))
 
 
-def _feature_order(f: Feature) -> int:
+def _feature_order(f: Feature) -> tuple[int, int]:
+    """Small categoricals first, fewest values first (flags are what conditions usually
+    target, and an autoregressive model conditions later features on earlier ones)."""
     if f.role == "column" and isinstance(f.codec, CategoricalCodec) and f.codec.n_tokens <= SMALL_CATEGORICAL:
-        return 0
-    return {"column": 1, "gap": 1, "ref": 2, "link": 3, "count": 4, "first": 5}[f.role]
+        return 0, f.codec.n_tokens
+    return {"column": 1, "gap": 1, "ref": 2, "link": 3, "count": 4, "first": 5}[f.role], 0
 
 
 def prepare(schema: SynthSchema, tables: Mapping[str, pa.Table], references: Mapping[str, pa.Table], *,
@@ -448,7 +450,8 @@ def _reorder(drafts: dict[str, Draft], schema: SynthSchema, values: dict[str, pa
             continue
         inverse = np.empty_like(order)
         inverse[order] = np.arange(d.n)
-        values[t.name] = values[t.name].take(pa.array(order))
+        if values[t.name].num_columns:
+            values[t.name] = values[t.name].take(pa.array(order))
         d.parent = d.parent[order]
         d.ref_rows = {i: r[order] for i, r in d.ref_rows.items()}
         d.link_present = {i: p[order] for i, p in d.link_present.items()}

@@ -246,10 +246,10 @@ def test_registry_and_parameters():
 def test_rules_respects_declared_sets(bank):
     schema, tables, references = bank
     gen = get_generator("rules")
-    gen.fit(schema, tables, references, seed=1, constraints=["customers.segment in ('retail', 'sme')"])
+    gen.fit(schema, tables, references, seed=1, constraints=[CONSTRAINTS[-1]])
     out = gen.sample(100, seed=3, conditions=[Condition("customers", "segment", "sme", 0.25)])
     assert pc.sum(pc.equal(out["customers"].column("segment"), "sme")).as_py() == 25
-    assert set(out["customers"].column("segment").to_pylist()) == {"retail", "sme"}
+    assert set(out["customers"].column("segment").to_pylist()) == {"retail", "premium", "sme", "private"}
     with pytest.raises(ConfigError, match="outside the declared set"):
         gen.sample(10, seed=1, conditions=[Condition("customers", "segment", "vip", 0.5)])
 
