@@ -221,6 +221,30 @@ def file_path(url: str, base_dir: Path | None = None) -> Path:
 # ------------------------------------------------------------------------------ contract
 
 
+def assemble_tables(
+    columns: dict[str, list[Column]], key_rows: Sequence[dict], primary_kind: str, schema: str
+) -> dict[str, TableInfo]:
+    """Tables from per-table columns and catalog key rows.
+
+    ``key_rows`` hold ``tbl, kind, name, col, ref_schema, ref_table, ref_col`` ordered by
+    constraint and column position; ``kind == primary_kind`` marks primary-key columns.
+    Foreign keys into other schemas are not part of this source and are left out.
+    """
+    primary: dict[str, tuple[str, ...]] = {}
+    foreign: dict[tuple[str, str], list[dict]] = {}
+    for row in key_rows:
+        if row["kind"] == primary_kind:
+            primary[row["tbl"]] = primary.get(row["tbl"], ()) + (row["col"],)
+        elif row["ref_schema"] == schema:
+            foreign.setdefault((row["tbl"], row["name"]), []).append(row)
+    fks: dict[str, list[ForeignKey]] = {}
+    for (tbl, _), rows in sorted(foreign.items()):
+        fks.setdefault(tbl, []).append(
+            ForeignKey(tuple(r["col"] for r in rows), rows[0]["ref_table"], tuple(r["ref_col"] for r in rows))
+        )
+    return {t: TableInfo(t, tuple(c), primary.get(t, ()), tuple(fks.get(t, ()))) for t, c in columns.items()}
+
+
 class Source(ABC):
     """A named system microdb reads from, in bulk, into Arrow.
 

@@ -26,7 +26,7 @@ import pymysql
 from sqlglot import exp
 
 from microdb.errors import ConfigError
-from microdb.sources.base import Column, ForeignKey, SqlSource, TableInfo, decimal_type
+from microdb.sources.base import Column, SqlSource, TableInfo, assemble_tables, decimal_type
 
 _INTEGERS = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint", "year"}
 _NATIVE = {
@@ -138,19 +138,7 @@ class MysqlSource(SqlSource):
             if as_text:
                 self._as_text.add((row["tbl"], row["col"]))
             cols.setdefault(row["tbl"], []).append(Column(row["col"], arrow, row["nullable"] == "YES"))
-        primary: dict[str, tuple[str, ...]] = {}
-        foreign: dict[tuple[str, str], list[dict]] = {}
-        for row in keys:
-            if row["kind"] == "PRIMARY KEY":
-                primary[row["tbl"]] = primary.get(row["tbl"], ()) + (row["col"],)
-            elif row["ref_schema"] == self.database:
-                foreign.setdefault((row["tbl"], row["name"]), []).append(row)
-        fks: dict[str, list[ForeignKey]] = {}
-        for (tbl, _), rows in sorted(foreign.items()):
-            fks.setdefault(tbl, []).append(
-                ForeignKey(tuple(r["col"] for r in rows), rows[0]["ref_table"], tuple(r["ref_col"] for r in rows))
-            )
-        return {t: TableInfo(t, tuple(c), primary.get(t, ()), tuple(fks.get(t, ()))) for t, c in cols.items()}
+        return assemble_tables(cols, keys, "PRIMARY KEY", self.database)
 
     @staticmethod
     def _arrow_type(row: dict) -> tuple[pa.DataType, bool]:

@@ -27,7 +27,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from microdb.errors import ConfigError
-from microdb.sources.base import Column, ForeignKey, SqlSource, TableInfo, decimal_type
+from microdb.sources.base import Column, SqlSource, TableInfo, assemble_tables, decimal_type
 
 UNCONSTRAINED_NUMERIC = pa.decimal128(38, 9)
 
@@ -151,16 +151,4 @@ class PostgresSource(SqlSource):
             if typ == "numeric" or typ not in _NATIVE:
                 self._as_text.add((row["tbl"], row["col"]))
             cols.setdefault(row["tbl"], []).append(Column(row["col"], arrow, not row["not_null"]))
-        primary: dict[str, tuple[str, ...]] = {}
-        foreign: dict[tuple[str, str], list[dict]] = {}
-        for row in keys:
-            if row["kind"] == "p":
-                primary[row["tbl"]] = primary.get(row["tbl"], ()) + (row["col"],)
-            elif row["ref_schema"] == self.schema_name:
-                foreign.setdefault((row["tbl"], row["name"]), []).append(row)
-        fks: dict[str, list[ForeignKey]] = {}
-        for (tbl, _), rows in sorted(foreign.items()):
-            fks.setdefault(tbl, []).append(
-                ForeignKey(tuple(r["col"] for r in rows), rows[0]["ref_table"], tuple(r["ref_col"] for r in rows))
-            )
-        return {t: TableInfo(t, tuple(c), primary.get(t, ()), tuple(fks.get(t, ()))) for t, c in cols.items()}
+        return assemble_tables(cols, keys, "p", self.schema_name)
