@@ -24,6 +24,7 @@ from microdb.hydrate import Hydrated, Pool, locked_database, register_tables
 from microdb.keys import Keyring, load_master_key
 from microdb.policies import IMPLICIT_RAW_ROLE, Policies
 from microdb.projection import Progress, Projector, Selection, SyncResult, _no_progress
+from microdb.sources.base import display_url
 from microdb.sourceset import SourceSet
 from microdb.store import Store
 
@@ -60,6 +61,7 @@ class Workspace:
         self.actor = actor or _os_user()
         a = self.config.audit
         self.audit = AuditLog(root / a.path, self.keyring.derive("audit"), max_bytes=a.max_bytes, fsync=a.fsync) if a.enabled else None
+        self._lineage: Any = None
         self._types: dict[str, EntityType] = {}
         self._projectors: dict[str, Projector] = {}
         self._guards: dict[str, Any] = {}
@@ -82,6 +84,31 @@ class Workspace:
             outcome = "refused" if isinstance(exc, QueryRefused) else "error"
             self.record("query", outcome, role=role, entity=entity, sql=sql, error=exc.message)
             raise
+
+    def lineage(self) -> Any:
+        """The OpenLineage emitter of this workspace (file, HTTP, or both), or None if disabled."""
+        lc = self.config.lineage
+        if lc.enabled and self._lineage is None:
+            from lineage.events import LineageEmitter
+
+            self._lineage = LineageEmitter(lc.namespace, self.root / lc.file if lc.file else None, lc.http_url)
+        return self._lineage
+
+    def _sync_run(self, et: EntityType, scope: str) -> Any:
+        """A lineage run for a sync job: the sources' tables in, the entity store out."""
+        from contextlib import nullcontext
+
+        from lineage.events import DatasetRef, MicrodbRunFacet
+
+        emitter = self.lineage()
+        if emitter is None:
+            return nullcontext()
+        ns = lambda src: display_url(self.config.sources[src].url)  # noqa: E731
+        inputs = [DatasetRef(ns(t.source), t.table) for t in et.tables]
+        inputs += [DatasetRef(ns(r.source), r.table) for r in et.references]
+        outputs = [DatasetRef(f"microdb://{self.root}", f"store/{et.name}")]
+        facet = MicrodbRunFacet(parameters={"scope": scope, "entity_type": et.name})
+        return emitter.run(f"sync.{et.name}", inputs, outputs, {"microdb": facet})
 
     # entity types ---------------------------------------------------------------------------
     def entity_type(self, name: str) -> EntityType:
@@ -110,7 +137,8 @@ class Workspace:
         selection = Selection(tuple(str(k) for k in keys) if keys is not None else None, changed_since)
         scope = "all" if selection.is_all else ("changed_since" if changed_since else "keys")
         try:
-            result = self.projector(etype).sync(selection, progress, self.config.store.batch_size)
+            with self._sync_run(self.entity_type(etype), scope):
+                result = self.projector(etype).sync(selection, progress, self.config.store.batch_size)
         except MicrodbError as exc:
             self.record("sync", "error", entity=f"{etype}/*", error=exc.message, details={"scope": scope})
             raise
@@ -140,6 +168,9 @@ class Workspace:
             if again is not None and info is None:
                 return again.version
             res = self.projector(et.name).sync(Selection(keys=(key,)))
+            self.record("sync", "error" if res.missing_keys else "ok", entity=f"{et.name}/{key}",
+                        rows=sum(res.rows.values()), details={"scope": "on_demand", "source_queries": res.source_queries},
+                        error="not found in the source" if res.missing_keys else None)
             if res.missing_keys:
                 if info is not None:  # gone from the source: the stale copy goes too
                     self.store.forget(et.name, key)
@@ -312,6 +343,9 @@ class Workspace:
         return gone
 
     def close(self) -> None:
+        if self._lineage is not None:
+            self._lineage.close()
+            self._lineage = None
         self.pool.close()
         self.sources.close()
         self.store.close()

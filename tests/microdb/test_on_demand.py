@@ -104,3 +104,20 @@ def test_changed_since_reprojects_only_changed_entities(fresh):
         assert status == [{"status": "frozen"}]
     finally:
         ws.close()
+
+
+def test_sync_emits_openlineage_events(fresh):
+    import json
+
+    ws = microdb.open(fresh)
+    try:
+        ws.sync("customer", keys=["5"])
+    finally:
+        ws.close()
+    events = [json.loads(line) for line in (fresh / ".microdb" / "lineage.jsonl").read_text().splitlines()]
+    assert [e["eventType"] for e in events] == ["START", "COMPLETE"]
+    done = events[-1]
+    assert done["job"]["name"] == "sync.customer"
+    assert {d["name"] for d in done["inputs"]} >= {"customers", "accounts", "transactions", "merchants"}
+    assert done["outputs"][0]["name"] == "store/customer"
+    assert done["run"]["facets"]["microdb"]["parameters"]["scope"] == "keys"
