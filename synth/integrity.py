@@ -136,7 +136,8 @@ def ancestor_rows(schema: SynthSchema, parents: Mapping[str, np.ndarray | None],
     return index
 
 
-def select_entities(schema: SynthSchema, tables: Mapping[str, pa.Table], keep_root: np.ndarray) -> dict[str, pa.Table]:
+def select_entities(schema: SynthSchema, tables: Mapping[str, pa.Table],
+                    keep_root: np.ndarray) -> dict[str, pa.Table]:
     """The entity slices of the root rows where ``keep_root`` is true: each tree table
     filtered to the rows whose parent chain leads to a kept root row."""
     kept = {schema.root: tables[schema.root].filter(pa.array(np.asarray(keep_root, dtype=bool)))}

@@ -136,7 +136,8 @@ class SynthSchema:
                 if col not in tables[self.root].column_names:
                     problems.append(f"root table {self.root!r}: no key column {col!r}")
         for link in self.references:
-            target = tables.get(link.ref_table) if self.is_tree_table(link.ref_table) else references.get(link.ref_table)
+            holder = tables if self.is_tree_table(link.ref_table) else references
+            target = holder.get(link.ref_table)
             if not self.is_tree_table(link.table):
                 problems.append(f"reference {link.table}.{link.columns}: {link.table!r} is not a tree table")
             elif link.table in tables:

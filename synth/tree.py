@@ -4,8 +4,8 @@ sampled features into Arrow tables whose keys agree across every table.
 ``prepare`` turns training tables into a ``TreePlan`` (what to learn, how each column is
 encoded) and per-table feature arrays. Besides the columns themselves a table's
 features hold its number of children per child table (``#count:child``), for sequence
-children the first order value (``#first:child``), for a sequence table the gap to the
-previous sibling (``#gap``) instead of the order column, for each reference link the
+children the first order value (``#first:child``), for a sequence table the step from
+the previous sibling relative to the room left (``#gap``) instead of the order column, for each reference link the
 referenced row (``@ref:i``) and for each link to another tree table whether it is set
 (``@link:i``). Generators learn and sample features only; ``finish`` fills free-text
 and excluded columns, enforces constraints, sorts sequences, and assigns keys, foreign
@@ -343,7 +343,8 @@ def bind_conditions(conditions: Sequence[Condition], schema: SynthSchema, plan: 
         try:
             typed = pa.array([c.value]).cast(field_type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-            raise ConfigError(f"condition on {c.table}.{c.column}: value {c.value!r} does not fit {field_type}") from exc
+            raise ConfigError(f"condition on {c.table}.{c.column}: value {c.value!r} does not fit "
+                              f"{field_type}") from exc
         if isinstance(codec, CategoricalCodec):
             code = codec.code_of(typed[0].as_py()) if c.value is not None else codec.code_of(None)
             if code < 0:

@@ -9,7 +9,7 @@ conditioned on it too. Sequence tables (``order_by``) add a GRU state over the e
 siblings, and store gaps between siblings rather than timestamps.
 
 Training examples are whole entities: the root row and all its descendants, at most
-``max_children`` rows per parent per table (the first ones in order; counts are still
+``max_children`` rows per entity and table (the first ones in order; counts are still
 learned uncapped), padded into tensors whose first dimension is the entity. The loss
 is summed per entity, so under DP-SGD (``dp_epsilon``) each per-sample gradient is one
 entity's gradient: **one entity is one privacy unit**. The accountant's ε is stored
@@ -156,8 +156,13 @@ class NeuralGenerator(Generator):
     name = "neural"
     defaults: dict[str, Any] = {
         "epochs": 15, "batch_size": 64, "lr": 3e-3, "hidden": 64, "embedding": 16, "n_bins": 32,
-        "max_children": 64, "validation": 0.1, "patience": 4, "dropout": 0.0, "dp_epsilon": None, "dp_delta": 1e-5, "max_grad_norm": 1.0, "threads": None,
+        "max_children": 64, "validation": 0.1, "patience": 4, "dropout": 0.0,
+        "dp_epsilon": None, "dp_delta": 1e-5, "max_grad_norm": 1.0, "threads": None,
     }
+    """``max_children``: rows per entity and table kept for training (the first ones in
+    (parent, order) order; counts are learned uncapped) — bounds padding and, under DP,
+    what one entity contributes. ``validation``: share of entities held out for early
+    stopping (not under DP, which trains on every entity for the accounted epochs)."""
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -404,7 +409,8 @@ class NeuralGenerator(Generator):
                     if cond.table == t.name:
                         j = [f.name for f in tp.features].index(cond.feature)
                         codec = tp.features[j].codec
-                        target = int(cond.target) if isinstance(codec, CategoricalCodec) else codec.token_of(cond.target)
+                        target = (int(cond.target) if isinstance(codec, CategoricalCodec)
+                                  else codec.token_of(cond.target))
                         forced.append((j, cond.mask(n, seed), target))
                 tokens = np.zeros((n, len(tp.features)), dtype=np.int64)
                 rep = torch.zeros((n, hidden))
