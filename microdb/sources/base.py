@@ -463,10 +463,19 @@ class SqlSource(Source):
     def __init__(self, name: str, url: str, options: dict | None = None) -> None:
         super().__init__(name, url, options)
         self._as_text: set[tuple[str, str]] = set()
+        self._con: Any = None  # the driver connection, opened on first use
 
     @abstractmethod
     def _fetch(self, sql: str, what: str) -> pa.Table:
         """Run one statement (counting it in ``queries``) and return its rows as Arrow."""
+
+    def _ping(self) -> None:
+        self._fetch("SELECT 1", "ping")
+
+    def _close(self) -> None:
+        con, self._con = self._con, None
+        if con is not None:
+            con.close()
 
     def _table_expr(self, table: str) -> exp.Table:
         return exp.table_(table, quoted=True)

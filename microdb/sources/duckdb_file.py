@@ -51,7 +51,6 @@ class DuckdbSource(SqlSource):
         super().__init__(name, url, options)
         self.path: Path = file_path(url)
         self.schema_name: str = str(self.options.get("schema", "main"))
-        self._con: Any = None
         self._keys_view: str | None = None
 
     def _connection(self) -> Any:
@@ -77,14 +76,6 @@ class DuckdbSource(SqlSource):
             return con.sql(sql).to_arrow_table()
         except duckdb.Error as exc:
             raise self.failed(what, exc) from exc
-
-    def _ping(self) -> None:
-        self._fetch("SELECT 1", "ping")
-
-    def _close(self) -> None:
-        if self._con is not None:
-            self._con.close()
-            self._con = None
 
     def _read(self, info: TableInfo, names: list[str], keys: pa.Table | None, since: Since | None) -> pa.Table:
         if keys is None:

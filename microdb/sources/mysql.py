@@ -62,7 +62,6 @@ class MysqlSource(SqlSource):
         auth = quote(self._params["user"], safe="") + (f":{quote(str(password), safe='')}" if password else "")
         netloc = f"{auth}@{parts.hostname}:{self._params['port']}"
         self._cx_uri = urlunsplit(("mysql", netloc, "/" + quote(database, safe=""), "", ""))
-        self._con: Any = None
 
     # connections --------------------------------------------------------------------------
     def _connection(self) -> Any:
@@ -103,11 +102,6 @@ class MysqlSource(SqlSource):
         except pymysql.err.MySQLError as exc:
             self._close()
             raise self.unreachable(exc) from exc
-
-    def _close(self) -> None:
-        if self._con is not None:
-            con, self._con = self._con, None
-            con.close()
 
     # SQL ----------------------------------------------------------------------------------
     def _table_expr(self, table: str) -> exp.Table:

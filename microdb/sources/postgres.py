@@ -100,7 +100,6 @@ class PostgresSource(SqlSource):
             host = netloc.rsplit("@", 1)[-1]
             netloc = f"{user}:{quote(str(password), safe='')}@{host}"
         self._uri = urlunsplit(("postgresql", netloc, parts.path, urlencode(libpq, quote_via=quote), ""))
-        self._con: Any = None
 
     def _connection(self) -> Any:
         if self._con is None:
@@ -122,9 +121,6 @@ class PostgresSource(SqlSource):
             raise self.unreachable(exc) from exc
         except adbc_driver_manager.Error as exc:
             raise self.failed(what, exc) from exc
-
-    def _ping(self) -> None:
-        self._fetch("SELECT 1", "ping")
 
     def _close(self) -> None:
         if self._con is not None:

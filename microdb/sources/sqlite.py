@@ -66,7 +66,6 @@ class SqliteSource(SqlSource):
     def __init__(self, name: str, url: str, options: dict | None = None) -> None:
         super().__init__(name, url, options)
         self.path: Path = file_path(url)
-        self._con: Any = None
 
     # connection ---------------------------------------------------------------------------
     def _connection(self) -> Any:
@@ -92,14 +91,6 @@ class SqliteSource(SqlSource):
                 return cur.fetch_arrow_table()
         except adbc_driver_manager.Error as exc:
             raise self.failed(what, exc) from exc
-
-    def _ping(self) -> None:
-        self._fetch("SELECT 1", "ping")
-
-    def _close(self) -> None:
-        if self._con is not None:
-            self._con.close()
-            self._con = None
 
     # catalog ------------------------------------------------------------------------------
     def _load_catalog(self) -> dict[str, TableInfo]:
