@@ -180,14 +180,16 @@ class Projector:
         schema = self._schemas[t.name]
         return self.sources[t.source].read(t.table, columns=schema.names, key_in=key_in, since=since)
 
-    def read(self, selection: Selection) -> dict[str, pa.Table]:
+    def read(self, selection: Selection, progress: Progress = _no_progress) -> dict[str, pa.Table]:
         """Read every table of the entity type for the selected entities (one pass each)."""
         key = self.resolve()
         keys = selection.keys
         if selection.changed_since is not None:
             keys = tuple(sorted(self.changed_keys(selection.changed_since)))
         out: dict[str, pa.Table] = {}
-        for t in self.etype.tables:
+        total = len(self.etype.tables)
+        for done, t in enumerate(self.etype.tables, 1):
+            progress("reading sources", done - 1, total)
             if keys is None:
                 out[t.name] = self._read(t, None)
                 continue
@@ -284,7 +286,8 @@ class Projector:
         q0 = self.sources.queries()
         result = SyncResult(self.etype.name)
         progress("reading sources", 0, len(self.etype.tables))
-        raw = self.read(selection)
+        raw = self.read(selection, progress)
+        progress("reading sources", len(self.etype.tables), len(self.etype.tables))
         result.read_seconds = time.perf_counter() - started
         keys, parts, orphans = self.partition(raw)
         result.orphans = {k: v for k, v in orphans.items() if v}
