@@ -20,7 +20,7 @@ from microdb.config import CONFIG_FILE, Config, load_config
 from microdb.entity import EntityType, entity_type, parse_address
 from lineage.audit import AuditEvent, AuditLog
 from microdb.errors import AccessDenied, ConfigError, EntityNotFound, MicrodbError, PolicyError, QueryError, QueryRefused
-from microdb.hydrate import Hydrated, Pool, locked_database, register_tables
+from microdb.hydrate import Hydrated, Pool, register_tables
 from microdb.keys import Keyring, load_master_key
 from microdb.policies import IMPLICIT_RAW_ROLE, Policies
 from microdb.projection import Progress, Projector, Selection, SyncResult, _no_progress

@@ -25,7 +25,7 @@ from masking.guard import (
 from microdb.errors import ConfigError, QueryError, QueryRefused
 
 SECRET = "123-45-6789"
-from conftest import CORPUS_FILE, load_corpus  # noqa: E402
+from conftest import load_corpus  # noqa: E402
 
 ALLOWED = ("customers", "accounts", "transactions")
 LOCKED = {"enable_external_access": False, "lock_configuration": True, "memory_limit": "1GB", "threads": 2}

@@ -4,7 +4,6 @@ tokens join across sources, drift fails closed, detokenize is gated and audited.
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
