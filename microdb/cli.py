@@ -250,7 +250,11 @@ def query(
     fmt: str = typer.Option("table", "--format", "-f", help="table, json, csv or parquet."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to a file instead of stdout."),
 ) -> None:
-    """Run SQL on one entity, or on many (adds an entity_key column)."""
+    """Run SQL on one entity, or on many (adds an entity_key column); bundle:ID/KEY for a synthetic one."""
+    if target.startswith("bundle:"):
+        from microdb.cli_synth import query_bundle
+
+        return query_bundle(target, sql, fmt, output)
     ws = _open()
     try:
         if "/" in target:
@@ -311,38 +315,79 @@ def detokenize(
 
 @app.command()
 def serve(
-    pg: Optional[str] = typer.Option(None, "--pg", help="HOST:PORT of the Postgres-wire listener (default [server] pg, 127.0.0.1:6543)."),
+    pg: Optional[str] = typer.Option(None, "--pg", help="HOST:PORT of the Postgres-wire listener (default [server] pg, 127.0.0.1:6543); 'off' to disable."),
+    http: Optional[str] = typer.Option(None, "--http", help="HOST:PORT of the HTTP API and entity browser (default [server] http, 127.0.0.1:8642); 'off' to disable."),
 ) -> None:
-    """Serve entities over the PostgreSQL wire protocol until SIGINT/SIGTERM.
+    """Serve entities over the PostgreSQL wire protocol and HTTP (API + browser) until SIGINT/SIGTERM.
 
-    psql -h 127.0.0.1 -p 6543 -U analyst -d microdb, then SET microdb.entity = 'customer/42'."""
+    psql -h 127.0.0.1 -p 6543 -U analyst -d microdb, then SET microdb.entity = 'customer/42';
+    curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8642/entities/customer/42"""
     import signal
     import ssl
     import threading
 
-    from microdb.server.backend import WorkspaceBackend
-    from microdb.server.pgwire import PgServer
-
     ws = _open()
+    handles: list = []
     try:
-        host, _, port = (pg or ws.config.server.pg).rpartition(":")
         sc = ws.config.server
-        ctx = None
-        if sc.tls_cert and sc.tls_key:
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.load_cert_chain(ws.root / sc.tls_cert, ws.root / sc.tls_key)
-        server = PgServer(WorkspaceBackend(ws), host or "127.0.0.1", int(port), ssl_context=ctx, require_tls=sc.require_tls)
-        handle = server.serve_in_thread()
+        pg_at, http_at = pg or sc.pg, http or sc.http
+        if pg_at == "off" and http_at == "off":
+            raise MicrodbError("nothing to serve: --pg and --http are both off")
         done = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: done.set())
-        err.print(f"microdb: Postgres wire on {server.host}:{handle.port} "
-                  f"({len(sc.users)} user(s); psql -h {server.host} -p {handle.port} -U USER -d microdb)")
+        if pg_at != "off":
+            from microdb.server.backend import WorkspaceBackend
+            from microdb.server.pgwire import PgServer
+
+            host, _, port = pg_at.rpartition(":")
+            ctx = None
+            if sc.tls_cert and sc.tls_key:
+                ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                ctx.load_cert_chain(ws.root / sc.tls_cert, ws.root / sc.tls_key)
+            server = PgServer(WorkspaceBackend(ws), host or "127.0.0.1", int(port), ssl_context=ctx, require_tls=sc.require_tls)
+            handle = server.serve_in_thread()
+            handles.append(handle)
+            err.print(f"microdb: Postgres wire on {server.host}:{handle.port} "
+                      f"({len(sc.users)} user(s); psql -h {server.host} -p {handle.port} -U USER -d microdb)", soft_wrap=True)
+        if http_at != "off":
+            from microdb.server.http import HttpThread, create_app
+
+            host, _, port = http_at.rpartition(":")
+            web = HttpThread(create_app(ws), host.strip("[]") or "127.0.0.1", int(port))
+            handles.append(web)
+            err.print(f"microdb: HTTP on http://{web.host}:{web.port} ({len(sc.tokens)} token(s); "
+                      f"browser at /, API docs at /docs)", soft_wrap=True)
         done.wait()
         err.print("microdb: stopping (letting running queries finish)")
-        handle.stop()
+    finally:
+        for h in reversed(handles):
+            h.stop()
+        ws.close()
+
+
+@app.command()
+def token(
+    name: str = typer.Argument(..., help="Name of the token: the audit log's actor for its requests."),
+    role: str = typer.Option(..., "--role", help="Role the token's requests run as."),
+) -> None:
+    """Create an HTTP bearer token: print it once, and the [server.tokens.NAME] lines (its hash) for microdb.toml."""
+    from microdb.server.http import hash_token, new_token
+
+    ws = _open()
+    try:
+        ws.policies.role(role)  # an unknown role fails here, not at the first request
+        if name in ws.config.server.tokens:
+            raise MicrodbError(f"server.tokens.{name} already exists in {ws.root / 'microdb.toml'}: pick another name or remove it")
     finally:
         ws.close()
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise MicrodbError(f"token name {name!r}: use letters, digits, '-' and '_'")
+    secret = new_token()
+    err.print("the token (shown once; store it in a secret manager):")
+    out.print(secret, markup=False, highlight=False, soft_wrap=True)
+    err.print("add to microdb.toml (only the hash is kept):")
+    out.print(f'[server.tokens.{name}]\nrole = "{role}"\ntoken_hash = "{hash_token(secret)}"', markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -480,6 +525,9 @@ def audit_log(
     emit(table, fmt, None)
 
 
+from microdb import cli_synth  # noqa: E402,F401  (registers `synth`, `bundle`, `gc`)
+
+
 def main() -> None:
     """Console entry point: one clear line and an exit code per error class."""
     try:
@@ -489,5 +537,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # `python -m microdb.cli`: run the importable module, where commands register
+    from microdb.cli import main as _entry
+
+    _entry()

@@ -74,7 +74,12 @@ def decode(payload: bytes, schemas: dict[str, pa.Schema]) -> dict[str, pa.Table]
     out: dict[str, pa.Table] = {}
     for name, sid, size in entries:
         schema = schemas[sid]
-        batch = pa.ipc.read_record_batch(buf.slice(pos, size), schema)
+        body = buf.slice(pos, size)
+        if body.address % 64:  # header lengths vary: realign so Arrow compute kernels get aligned buffers
+            aligned = pa.allocate_buffer(size)
+            memoryview(aligned).cast("B")[:] = memoryview(body).cast("B")
+            body = aligned
+        batch = pa.ipc.read_record_batch(body, schema)
         out[name] = pa.Table.from_batches([batch], schema=schema)
         pos += size
     return out

@@ -79,6 +79,7 @@ class EntityConfig(_Model):
     key: list[str] | None = None
     on_demand: Literal["always", "ttl", "never"] = "ttl"
     ttl: float = 3600.0
+    serve_stale: bool = False  # a failed on-demand refresh serves the sealed copy, with a warning
     tables: dict[str, TableConfig]
     references: dict[str, ReferenceConfig] = Field(default_factory=dict)
 
@@ -89,9 +90,27 @@ class EntityConfig(_Model):
 
 
 class StoreConfig(_Model):
+    """``[store]``: local SQLite at ``path`` (default), or S3-compatible object storage at ``url``.
+
+    Object-store credentials come from the environment (``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``), never from this file.
+    """
+
     path: str = ".microdb/store.sqlite"
     compression_level: int = Field(default=3, ge=1, le=19)
     batch_size: int = Field(default=2000, ge=1)
+    url: str | None = None  # "s3://bucket/prefix"
+    endpoint: str | None = None  # e.g. "http://127.0.0.1:9000" for MinIO; default: AWS
+    region: str = "us-east-1"
+    partitions: int = Field(default=16, ge=1, le=4096)  # key partitions: unit of parallel sync and S3 publish
+    cache_seconds: float = Field(default=1.0, ge=0)  # how long a reader trusts a cached S3 partition index
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[^\s]*)?", v):
+            raise ValueError(f"must be 's3://bucket/prefix' (a valid bucket name), got {v!r}")
+        return v
 
 
 class QueryConfig(_Model):
@@ -130,12 +149,54 @@ class ServerUser(_Model):
     trusted_local: bool = False  # loopback connections need no password
 
 
+class ServerToken(_Model):
+    """A bearer token of the HTTP API: its role and the hash of the token (never the token)."""
+
+    role: str
+    token_hash: str  # "sha256:<64 hex>", from `microdb token NAME --role R`
+
+    @field_validator("token_hash")
+    @classmethod
+    def _hash(cls, v: str) -> str:
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", v):
+            raise ValueError("must be 'sha256:' and 64 lowercase hex digits (see `microdb token`); never the token itself")
+        return v
+
+
 class ServerConfig(_Model):
     pg: str = "127.0.0.1:6543"
+    http: str = "127.0.0.1:8642"
     users: dict[str, ServerUser] = Field(default_factory=dict)
+    tokens: dict[str, ServerToken] = Field(default_factory=dict)
     tls_cert: str | None = None
     tls_key: str | None = None
     require_tls: bool = False
+
+
+class SynthConfig(_Model):
+    """``[synth]``: where models and bundles go, which masked view models learn from."""
+
+    role: str | None = None  # default: workspace.default_role, else the implicit raw role
+    holdout: float = Field(0.2, ge=0.0, lt=1.0)  # share of entities kept out of training, for reports
+    models_dir: str = "models"
+    bundles_dir: str = "bundles"
+    exclude: list[str] = Field(default_factory=list)  # "table.column" never learned (besides masked ones)
+    constraints: dict[str, list[str]] = Field(default_factory=dict)  # entity type -> constraints
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)  # generator -> default parameters
+    retention_days: float | None = Field(None, gt=0)  # `microdb gc` retires older bundles
+
+
+class CharterConfig(_Model):
+    """``[charter]``: why synthetic data is made, for whom, and the thresholds a bundle must meet."""
+
+    purpose: str = ""
+    audience: str = ""
+    approver: str = ""
+    thresholds: dict[str, str] = Field(default_factory=dict)  # metric -> ">= 0.7"
+    target: str | None = None  # "table.column" predicted in the utility (TSTR) check
+    protected: list[str] = Field(default_factory=list)  # "table.column" subgroups for fairness
+    quasi_identifiers: list[str] = Field(default_factory=list)
+    sensitive: str | None = None  # "table.column" for attribute inference
 
 
 class WorkspaceSection(_Model):
@@ -157,8 +218,8 @@ class Config(_Model):
     entities: dict[str, EntityConfig] = Field(default_factory=dict)
     roles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     policies: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    charter: dict[str, Any] = Field(default_factory=dict)
-    synth: dict[str, Any] = Field(default_factory=dict)
+    charter: CharterConfig = Field(default_factory=CharterConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
 
     def entity(self, name: str) -> EntityConfig:
         try:
@@ -184,6 +245,18 @@ def _cross_check(cfg: Config) -> list[str]:
             problems.append(f"server.users.{uname}.role: unknown role {user.role!r} (known: {', '.join(sorted(cfg.roles))})")
         if not user.password_verifier and not user.trusted_local:
             problems.append(f"server.users.{uname}: set password_verifier (see `microdb verifier`) or trusted_local = true")
+    seen_hashes: dict[str, str] = {}
+    for tname, tok in cfg.server.tokens.items():
+        if cfg.roles and tok.role not in cfg.roles:
+            problems.append(f"server.tokens.{tname}.role: unknown role {tok.role!r} (known: {', '.join(sorted(cfg.roles))})")
+        if tok.token_hash in seen_hashes:
+            problems.append(f"server.tokens.{tname}.token_hash: same token as server.tokens.{seen_hashes[tok.token_hash]}")
+        seen_hashes.setdefault(tok.token_hash, tname)
+    if cfg.synth.role is not None and cfg.roles and cfg.synth.role not in cfg.roles:
+        problems.append(f"synth.role: unknown role {cfg.synth.role!r} (known: {', '.join(sorted(cfg.roles))})")
+    for etype in cfg.synth.constraints:
+        if etype not in cfg.entities:
+            problems.append(f"synth.constraints.{etype}: unknown entity type (known: {', '.join(sorted(cfg.entities))})")
     for name, ent in cfg.entities.items():
         where = f"entities.{name}"
         if ent.root not in ent.tables:

@@ -49,6 +49,7 @@ class EntityType:
     references: tuple[ReferenceTable, ...]
     on_demand: str
     ttl: float
+    serve_stale: bool = False
 
     def table(self, name: str) -> EntityTable:
         for t in self.tables:
@@ -105,6 +106,7 @@ def entity_type(cfg: Config, name: str) -> EntityType:
         references=refs,
         on_demand=ent.on_demand,
         ttl=ent.ttl,
+        serve_stale=ent.serve_stale,
     )
 
 

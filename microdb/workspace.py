@@ -19,21 +19,26 @@ import pyarrow as pa
 from microdb.config import CONFIG_FILE, Config, load_config
 from microdb.entity import EntityType, entity_type, parse_address
 from lineage.audit import AuditEvent, AuditLog
-from microdb.errors import AccessDenied, ConfigError, EntityNotFound, MicrodbError, PolicyError, QueryError, QueryRefused
+from microdb.errors import (AccessDenied, ConfigError, EntityNotFound, MicrodbError, PolicyError, QueryError, QueryRefused,
+                            SourceError)
 from microdb.hydrate import Hydrated, Pool, register_tables
 from microdb.keys import Keyring, load_master_key
 from microdb.policies import IMPLICIT_RAW_ROLE, Policies
 from microdb.projection import Progress, Projector, Selection, SyncResult, _no_progress
 from microdb.sources.base import display_url
 from microdb.sourceset import SourceSet
-from microdb.store import Store
+from microdb.store import open_store
 
 if TYPE_CHECKING:
     import polars
 
+    from microdb.executors import Executor
+
 WORKSPACE_ENV = "MICRODB_WORKSPACE"
 # who is acting, when a server acts for an authenticated user (default: the OS user)
 ACTOR: ContextVar[str | None] = ContextVar("microdb_actor", default=None)
+# set to a list by a server: _ensure appends a warning for each entity served stale
+STALE: ContextVar[list[str] | None] = ContextVar("microdb_stale", default=None)
 FANOUT_KEY = "entity_key"
 
 
@@ -53,7 +58,7 @@ class Workspace:
         self.root = root
         self.config = cfg or load_config(root / CONFIG_FILE)
         self.keyring = Keyring(load_master_key(root / self.config.workspace.key_file))
-        self.store = Store(root / self.config.store.path, self.keyring, self.config.store.compression_level)
+        self.store = open_store(self.config.store, root, self.keyring)
         self.sources = SourceSet(self.config, root)
         q = self.config.query
         self.pool = Pool(q.pool_size, q.pool_memory_mb * 1024 * 1024, q.memory_limit)
@@ -68,6 +73,7 @@ class Workspace:
         self._refs: dict[tuple[str, str], tuple[int, dict[str, pa.Table], list[str]]] = {}
         self._flight = [threading.Lock() for _ in range(64)]
         self._lock = threading.Lock()
+        self._bundles: Any = None
 
     # audit --------------------------------------------------------------------------------
     def record(self, action: str, outcome: str = "ok", actor: str | None = None, **fields: Any) -> None:
@@ -132,13 +138,27 @@ class Workspace:
         keys: Iterable[str] | None = None,
         changed_since: datetime | None = None,
         progress: Progress = _no_progress,
+        executor: "str | Executor | None" = None,
     ) -> SyncResult:
-        """Project entities from the sources into the store: all of them, some keys, or changed ones."""
+        """Project entities from the sources into the store: all of them, some keys, or changed ones.
+
+        ``executor`` (``"local"``, ``"process"``, ``"ray"`` or an :class:`~microdb.executors.Executor`)
+        runs one task per key partition, each published atomically; default: one pass here."""
         selection = Selection(tuple(str(k) for k in keys) if keys is not None else None, changed_since)
         scope = "all" if selection.is_all else ("changed_since" if changed_since else "keys")
         try:
             with self._sync_run(self.entity_type(etype), scope):
-                result = self.projector(etype).sync(selection, progress, self.config.store.batch_size)
+                if executor is None:
+                    result = self.projector(etype).sync(selection, progress, self.config.store.batch_size)
+                else:
+                    from microdb.executors import get_executor
+
+                    ex = get_executor(executor) if isinstance(executor, str) else executor
+                    try:
+                        result = self.projector(etype).sync_partitioned(selection, ex, self.root, progress)
+                    finally:
+                        if ex is not executor:
+                            ex.close()
         except MicrodbError as exc:
             self.record("sync", "error", entity=f"{etype}/*", error=exc.message, details={"scope": scope})
             raise
@@ -167,7 +187,22 @@ class Workspace:
                 return again.version  # another caller projected it while we waited
             if again is not None and info is None:
                 return again.version
-            res = self.projector(et.name).sync(Selection(keys=(key,)))
+            try:
+                res = self.projector(et.name).sync(Selection(keys=(key,)))
+            except SourceError as exc:  # the source is down: serve the sealed copy only if allowed
+                where = f"{et.name}/{key}"
+                if info is None or not et.serve_stale:
+                    self.record("sync", "error", entity=where, error=exc.message, details={"scope": "on_demand"})
+                    why = ("no sealed copy to fall back on" if info is None
+                           else f"set serve_stale = true in [entities.{et.name}] to serve the sealed copy")
+                    raise SourceError(f"{where}: on-demand refresh failed ({why}): {exc.message}") from exc
+                age = round(time.time() - info.synced_at, 1)
+                self.record("sync", "error", entity=where, error=exc.message,
+                            details={"scope": "on_demand", "served_stale": True, "age_seconds": age})
+                notes = STALE.get()
+                if notes is not None:
+                    notes.append(f"{where} is stale: served the copy synced {age:.0f}s ago (refresh failed: {exc.message})")
+                return info.version
             self.record("sync", "error" if res.missing_keys else "ok", entity=f"{et.name}/{key}",
                         rows=sum(res.rows.values()), details={"scope": "on_demand", "source_queries": res.source_queries},
                         error="not found in the source" if res.missing_keys else None)
@@ -342,6 +377,45 @@ class Workspace:
         self.record("forget", entity=address, details={"crypto_shredded": True})
         return gone
 
+    # synthesis -----------------------------------------------------------------------------
+    @property
+    def bundles(self) -> Any:
+        """The register of this workspace's synthetic bundles."""
+        if self._bundles is None:
+            from microdb.bundles import BundleRegister
+
+            self._bundles = BundleRegister(self.root, self.keyring)
+        return self._bundles
+
+    def synth_fit(self, etype: str, generator: str = "copula", params: dict[str, Any] | None = None, *,
+                  seed: int = 0, sample_from: list[str] | int | None = None, role: str | None = None,
+                  constraints: Iterable[str] = (), out: str | os.PathLike[str] | None = None,
+                  progress: Progress = _no_progress) -> Path:
+        """Fit a generator on the (masked) training entities of ``etype``; returns the model folder."""
+        from microdb import synthesis
+
+        return synthesis.fit(self, etype, generator=generator, params=params, seed=seed, sample_from=sample_from,
+                             role=role, constraints=list(constraints), out=Path(out) if out else None, progress=progress)
+
+    def synth_sample(self, model: str | os.PathLike[str], entities: int, *, seed: int = 0,
+                     conditions: Iterable[str] = (), share: float = 1.0, out: str | os.PathLike[str] | None = None,
+                     evaluate: bool | None = None, progress: Progress = _no_progress) -> Any:
+        """Sample ``entities`` synthetic entities into a sealed, registered bundle."""
+        from microdb import synthesis
+
+        return synthesis.sample(self, Path(model), entities=entities, seed=seed, conditions=list(conditions),
+                                share=share, out=Path(out) if out else None, evaluate=evaluate, progress=progress)
+
+    def bundle(self, ref: str | os.PathLike[str]) -> Any:
+        """A registered bundle (by id, id prefix or folder), ready to read or query."""
+        from microdb import synthesis
+
+        return synthesis.open_bundle(self, str(ref))
+
+    def bundle_entity(self, ref: str | os.PathLike[str], key: str) -> "BundleEntity":
+        """One synthetic entity of a bundle, queryable like a stored entity."""
+        return BundleEntity(self, self.bundle(ref), str(key))
+
     def close(self) -> None:
         if self._lineage is not None:
             self._lineage.close()
@@ -410,6 +484,45 @@ class Entity:
 
     def export(self, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
         return self.workspace.export(self.address, Path(path), self.role, overwrite)
+
+
+class BundleEntity:
+    """One synthetic entity of a bundle: its tables and read-only SQL through the guard."""
+
+    def __init__(self, ws: Workspace, bundle: Any, key: str) -> None:
+        self.workspace = ws
+        self.bundle = bundle
+        self.key = key
+        self._tables = bundle.entity(key)
+
+    @property
+    def address(self) -> str:
+        return f"bundle:{self.bundle.id}/{self.key}"
+
+    def tables(self) -> dict[str, pa.Table]:
+        self.workspace.record("get", entity=self.address, rows=sum(t.num_rows for t in self._tables.values()))
+        return dict(self._tables)
+
+    def sql(self, sql: str) -> pa.Table:
+        from masking.guard import SqlGuard, run_guarded
+        from microdb.hydrate import locked_database
+
+        ws = self.workspace
+        guard = SqlGuard(list(self._tables), max_rows=ws.config.query.max_rows)
+        try:
+            guarded = guard.check(sql)
+        except (QueryRefused, QueryError) as exc:
+            ws.record("query", "refused" if isinstance(exc, QueryRefused) else "error", entity=self.address,
+                      sql=sql, error=exc.message)
+            raise
+        db = locked_database(ws.config.query.memory_limit)
+        try:
+            cur = register_tables(db, self._tables)
+            out = run_guarded(cur, guarded, ws.config.query.timeout)
+        finally:
+            db.close()
+        ws.record("query", entity=self.address, sql=guarded.sql, sql_hash=guarded.fingerprint, rows=out.num_rows)
+        return out
 
 
 def _os_user() -> str:

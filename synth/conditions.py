@@ -371,3 +371,21 @@ def _make_unique(column: pa.Array) -> pa.Array:
             raise ConfigError(f"unique(): cannot make {column.type} values distinct")
         column = pc.if_else(pa.array(dup), variant, column)
     raise ConfigError("unique(): could not make values distinct")
+
+
+_CONDITION = re.compile(r"^\s*([A-Za-z_][\w$]*)\.([A-Za-z_][\w$]*)\s*=\s*(.+?)\s*$")
+
+
+def parse_condition(text: str, share: float = 1.0) -> Condition:
+    """``"transactions.is_fraud=1"`` or ``"customers.segment = 'sme'"`` with a share of rows."""
+    m = _CONDITION.match(text)
+    if not m:
+        raise ConfigError(f"condition {text!r}: write TABLE.COLUMN=VALUE (e.g. transactions.is_fraud=1)")
+    if not 0.0 < share <= 1.0:
+        raise ConfigError(f"condition {text!r}: share {share} must be in (0, 1]")
+    raw = m.group(3)
+    try:
+        value = _literal(raw, text)
+    except ConfigError:
+        value = raw  # a bare word: a string value
+    return Condition(m.group(1), m.group(2), value, float(share))
