@@ -361,9 +361,31 @@ class Workspace:
         finally:
             con.close()
         os.replace(tmp, path)
-        self.record("export", role=self._role(role), entity=address, rows=sum(t.num_rows for t in tables.values()),
+        role = self._role(role)
+        self._export_manifest(address, path, role, tables)
+        self.record("export", role=role, entity=address, rows=sum(t.num_rows for t in tables.values()),
                     details={"path": str(path)})
         return path
+
+    def _export_manifest(self, address: str, path: Path, role: str, tables: dict[str, pa.Table]) -> Path:
+        """``FILE.manifest.json`` beside an export: what it holds, as whom, from which store version."""
+        import json
+
+        from synth.bundle import sha256_file
+
+        etype, key = parse_address(address)
+        info = self.store.info(etype, key)
+        state = self.store.sync_state(etype) or {}
+        manifest = {
+            "kind": "microdb.export", "entity": address, "role": role, "policy_hash": self.policies.fingerprint(role),
+            "created_at": time.time(), "store_version": info.version if info else None,
+            "synced_at": info.synced_at if info else None, "source_watermark": state.get("watermark"),
+            "tables": {n: {"rows": t.num_rows, "columns": t.column_names} for n, t in tables.items()},
+            "files": {path.name: {"sha256": sha256_file(path), "bytes": path.stat().st_size}},
+        }
+        target = path.with_name(path.name + ".manifest.json")
+        target.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        return target
 
     def forget(self, address: str) -> bool:
         """Crypto-shred one entity: its data key and sealed record are destroyed."""
