@@ -15,13 +15,13 @@ from microdb.config import CharterConfig
 
 def decide(charter: CharterConfig, report: dict[str, Any]) -> dict[str, Any]:
     """The charter's decision on an evaluation report: status, each check, and who/why."""
-    from synth.evaluate import judge
+    from synth.evaluate import DEFAULT_THRESHOLDS, judge
 
     base = {"purpose": charter.purpose, "audience": charter.audience, "approver": charter.approver,
             "decided_at": time.time()}
-    if not charter.thresholds:
-        return {**base, "status": "released", "checks": [], "note": "no [charter.thresholds] configured"}
-    return {**base, **judge(report, dict(charter.thresholds))}
+    if not charter.thresholds:  # evaluated without a charter: the default one applies
+        return {**base, **judge(report, dict(DEFAULT_THRESHOLDS)), "thresholds": "default"}
+    return {**base, **judge(report, dict(charter.thresholds)), "thresholds": "charter"}
 
 
 def approved_configurations(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:

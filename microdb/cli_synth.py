@@ -155,6 +155,32 @@ def report(
         ws.close()
 
 
+@synth_app.command("drift")
+def drift(
+    bundle: str = typer.Argument(..., help="Bundle id, id prefix or folder."),
+    other: Optional[str] = typer.Argument(None, help="A second bundle (default: the store's current entities)."),
+    threshold: float = typer.Option(0.1, "--threshold", help="Distance above which a column counts as drifted."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table or json."),
+) -> None:
+    """Columns whose distribution moved between two bundles, or between a bundle and the store."""
+    from microdb import synthesis
+
+    ws = _open()
+    try:
+        result = synthesis.drift(ws, bundle, other, threshold)
+        if fmt == "json":
+            out.print_json(json.dumps(result, default=str))
+            return
+        table = Table("column", "statistic", "distance", "noise level", "drifted", title=f"drift against {result['against']}")
+        for name, c in result["columns"].items():
+            table.add_row(name, c["statistic"], f"{c['distance']:.3f}", f"{c['noise']:.3f}",
+                          "[red]yes[/red]" if c["drifted"] else "no")
+        out.print(table)
+        out.print(f"{len(result.get('drifted', []))} drifted: {', '.join(result.get('drifted', [])) or 'none'}")
+    finally:
+        ws.close()
+
+
 @synth_app.command("approved")
 def approved() -> None:
     """Generator configurations whose bundles the charter released."""

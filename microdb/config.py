@@ -194,6 +194,7 @@ class CharterConfig(_Model):
     approver: str = ""
     thresholds: dict[str, str] = Field(default_factory=dict)  # metric -> ">= 0.7"
     target: str | None = None  # "table.column" predicted in the utility (TSTR) check
+    level: Literal["row", "entity"] = "row"  # predict the target per row, or per entity (any row has it)
     protected: list[str] = Field(default_factory=list)  # "table.column" subgroups for fairness
     quasi_identifiers: list[str] = Field(default_factory=list)
     sensitive: str | None = None  # "table.column" for attribute inference
@@ -254,6 +255,14 @@ def _cross_check(cfg: Config) -> list[str]:
         seen_hashes.setdefault(tok.token_hash, tname)
     if cfg.synth.role is not None and cfg.roles and cfg.synth.role not in cfg.roles:
         problems.append(f"synth.role: unknown role {cfg.synth.role!r} (known: {', '.join(sorted(cfg.roles))})")
+    if cfg.charter.thresholds:
+        from synth.evaluate.charter import parse_threshold
+
+        for metric, rule in cfg.charter.thresholds.items():
+            try:
+                parse_threshold(metric, rule)
+            except ConfigError as exc:
+                problems.append(f"charter.thresholds.{metric}: {exc.message}")
     for etype in cfg.synth.constraints:
         if etype not in cfg.entities:
             problems.append(f"synth.constraints.{etype}: unknown entity type (known: {', '.join(sorted(cfg.entities))})")

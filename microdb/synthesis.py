@@ -393,6 +393,29 @@ def sample(ws: Workspace, model: Path, *, entities: int, seed: int = 0, conditio
     return bundle
 
 
+def drift(ws: Workspace, ref: str, other: str | None = None, threshold: float = 0.1) -> dict[str, Any]:
+    """Columns whose distribution moved: bundle ``ref`` against bundle ``other``, or against
+    the store's current training entities (a newer snapshot) when ``other`` is None."""
+    from synth.evaluate import drift as measure
+
+    a = open_bundle(ws, ref, for_release=False)
+    schema = a.schema
+    tree = lambda b: {t.name: b.tables()[t.name] for t in schema.tables}  # noqa: E731
+    if other is not None:
+        b = open_bundle(ws, other, for_release=False)
+        if b.entity_type != a.entity_type:
+            raise ConfigError(f"bundles {a.id} and {b.id} are of different entity types")
+        against, label = tree(b), f"bundle {b.id}"
+    else:
+        training = a.manifest["training"]
+        current = training_set(ws, a.entity_type, role=training["role"], part="train",
+                               seed=a.manifest["model"]["fit_seed"])
+        against, label = current.tables, "the store (current snapshot)"
+    result = measure(schema, tree(a), against, threshold)
+    ws.record("synth.drift", bundle=a.id, details={"against": label, "threshold": threshold})
+    return {**result, "against": label}
+
+
 # ---------------------------------------------------------------------------------- bundles
 
 def open_bundle(ws: Workspace, ref: str, *, for_release: bool = True) -> Bundle:
@@ -436,8 +459,8 @@ def report(ws: Workspace, ref: str, *, out: Path | None = None, progress: Progre
     train = training_set(ws, etype, role=training["role"], part="train", seed=seed, progress=progress)
     holdout = training_set(ws, etype, role=training["role"], part="holdout", seed=seed, progress=progress)
     c = ws.config.charter
-    spec = EvalSpec(target=c.target, protected=list(c.protected), quasi_identifiers=list(c.quasi_identifiers),
-                    sensitive=c.sensitive)
+    spec = EvalSpec(target=c.target, level=c.level, protected=tuple(c.protected),
+                    quasi_identifiers=tuple(c.quasi_identifiers), sensitive=c.sensitive, seed=seed)
     tables = bundle.tables()
     synthetic = {t.name: tables[t.name] for t in schema.tables}
     result = evaluate(schema, train.tables, holdout.tables, synthetic, train.references, spec, progress=progress)
@@ -445,7 +468,7 @@ def report(ws: Workspace, ref: str, *, out: Path | None = None, progress: Progre
     out_dir = Path(out) if out else bundle.directory
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    render_html(result, out_dir / "report.html")
+    render_html(result, out_dir / "report.html", decision=decision)
     manifest["charter"] = decision
     manifest["status"] = decision["status"]
     manifest["report"] = {"json": str(out_dir / "report.json"), "html": str(out_dir / "report.html")}
