@@ -16,7 +16,6 @@ from pathlib import Path
 
 from bench.report import Report, console
 
-SYNTH_CONFIG = '\n[synth]\nrole = "analyst"\n'
 # generator -> (parameters, training entities or None for all); neural epochs are capped
 # to keep `make bench` in minutes, the DP variant trains on a 2,000-entity sample
 RUNS = {
@@ -71,9 +70,7 @@ def run(report: Report, customers: int = 10_000, names: tuple[str, ...] = tuple(
 
     with tempfile.TemporaryDirectory(prefix="microdb-bench-synth-") as tmp:
         root = Path(tmp) / "ws"
-        init_workspace(root, demo=True, customers=customers, seed=7)
-        with open(root / "microdb.toml", "a") as fh:
-            fh.write(SYNTH_CONFIG)
+        init_workspace(root, demo=True, customers=customers, seed=7)  # [synth] role = "analyst"
         ws = microdb.open(root)
         ws.sync("customer")
         ws.close()

@@ -159,6 +159,7 @@ class AuditLog:
         self._tail: _Tail | None = None
         self._current = str(self.directory / CURRENT_FILE)
         self._lock_path = str(self.directory / LOCK_FILE)
+        self._fds: dict[str, tuple[int, int]] = {}  # path -> (pid, fd): kept open, never shared with a child
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -180,7 +181,8 @@ class AuditLog:
         Nothing is written if an event is invalid. If the batch spans a rotation and a later
         write fails, the records before the rotation stay (they are valid, chained records).
         """
-        bodies = [self._event_body(e) for e in events]
+        events = list(events)
+        bodies = [self._event_body(e, check=len(events) > 1) for e in events]
         if not bodies:
             return []
         with self._locked():
@@ -190,26 +192,60 @@ class AuditLog:
                 self._tail = None
                 raise AuditError(f"audit log {self.current_path}: cannot append: {e}") from e
 
-    def _event_body(self, event: AuditEvent) -> dict[str, Any]:
+    def _event_body(self, event: AuditEvent, check: bool = True) -> dict[str, Any]:
+        """The event as a dict; ``check``: fail now on details that cannot be JSON (a batch
+        must be all valid before any of it is written; a single event fails in ``_seal``)."""
         if not isinstance(event, AuditEvent):
             raise AuditError(f"audit log: expected an AuditEvent, got {type(event).__name__}")
         body = event.to_dict()
-        try:
-            canonical_json(body["details"])
-        except (TypeError, ValueError) as e:
-            raise AuditError(f"audit event {event.action}: details are not JSON-serializable: {e}") from e
+        if check:
+            try:
+                canonical_json(body["details"])
+            except (TypeError, ValueError) as e:
+                raise AuditError(f"audit event {event.action}: details are not JSON-serializable: {e}") from e
         return body
 
     def _seal(self, body: dict[str, Any], seq: int, prev: str) -> tuple[dict[str, Any], bytes]:
         record = dict(body, seq=seq, time=_utc_now(), prev=prev)
-        record["hmac"] = hmac.new(self._key, canonical_json(record), hashlib.sha256).hexdigest()
+        try:
+            unsigned = canonical_json(record)
+        except (TypeError, ValueError) as e:
+            raise AuditError(f"audit event {body.get('action')}: details are not JSON-serializable: {e}") from e
+        record["hmac"] = hmac.new(self._key, unsigned, hashlib.sha256).hexdigest()
         return record, canonical_json(record)
+
+    def _fd(self, path: str, flags: int) -> int:
+        """An open descriptor of ``path`` kept for this process (reopened after a fork)."""
+        pid = os.getpid()
+        held = self._fds.get(path)
+        if held is not None and held[0] == pid:
+            return held[1]
+        fd = os.open(path, flags, 0o600)
+        self._fds[path] = (pid, fd)
+        return fd
+
+    def _drop_fd(self, path: str) -> None:
+        held = self._fds.pop(path, None)
+        if held is not None and held[0] == os.getpid():
+            os.close(held[1])
+
+    def close(self) -> None:
+        """Close the descriptors this log keeps open (it reopens them if used again)."""
+        with self._thread_lock:
+            for path in list(self._fds):
+                self._drop_fd(path)
 
     def _write(self, bodies: list[dict[str, Any]], tail: _Tail) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = []
-        fd = os.open(self._current, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        fd = self._fd(self._current, flags)
+        st = os.fstat(fd)
+        if st.st_nlink == 0 or tail.inode is None or st.st_ino != tail.inode:  # rotated by another process
+            self._drop_fd(self._current)
+            fd = self._fd(self._current, flags)
+            st = os.fstat(fd)
         try:
-            size = os.fstat(fd).st_size
+            size = st.st_size
             pending: list[bytes] = []
             pending_bytes = 0
             seq, digest = tail.seq, tail.digest
@@ -219,10 +255,10 @@ class AuditLog:
                 if size + pending_bytes > 0 and size + pending_bytes + len(data) > self.max_bytes:
                     size = self._write_all(fd, pending, size)
                     pending, pending_bytes = [], 0
-                    os.close(fd)
+                    self._drop_fd(self._current)
                     fd = -1
                     self._rotate()
-                    fd = os.open(self._current, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                    fd = self._fd(self._current, flags)
                     size = os.fstat(fd).st_size
                 pending.append(data)
                 pending_bytes += len(data)
@@ -230,9 +266,9 @@ class AuditLog:
                 seq, digest = seq + 1, hashlib.sha256(line).hexdigest()
             size = self._write_all(fd, pending, size)
             self._tail = _Tail(seq, digest, os.fstat(fd).st_ino, size)
-        finally:
-            if fd >= 0:
-                os.close(fd)
+        except BaseException:
+            self._drop_fd(self._current)
+            raise
         return records
 
     def _write_all(self, fd: int, chunks: list[bytes], size: int) -> int:
@@ -272,14 +308,14 @@ class AuditLog:
         so a forked child never shares the parent's lock)."""
         with self._thread_lock:
             try:
-                fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+                fd = self._fd(self._lock_path, os.O_RDWR | os.O_CREAT)
             except OSError as e:
                 raise AuditError(f"audit log {self.directory}: cannot open lock file: {e}") from e
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
             finally:
-                os.close(fd)
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _load_tail(self) -> _Tail:
         """The chain's end: cached if the current file is as this process left it, else read

@@ -25,7 +25,7 @@ from microdb.errors import ConfigError, KeyMaterialError
 from microdb.keys import Keyring
 
 REGISTER_FILE = ".microdb/bundles.sqlite"
-STATUSES = ("released", "rejected", "retired")
+STATUSES = ("unevaluated", "released", "rejected", "retired")
 
 
 @dataclass(frozen=True)

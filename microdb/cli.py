@@ -13,6 +13,7 @@ from typing import Optional
 import pyarrow as pa
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -172,13 +173,23 @@ def sync(
     all_: bool = typer.Option(False, "--all", help="Every entity in the sources."),
     keys: Optional[str] = typer.Option(None, "--keys", help="Comma-separated keys."),
     changed_since: Optional[datetime] = typer.Option(None, "--changed-since", help="Entities with rows changed after this time (watermark columns)."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="Run one task per key partition: local, process or ray (default: one pass here)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: 'auto' (the running one), 'ray://HOST:10001', or 'local' (default)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes for --executor process or a local Ray (default: CPU count)."),
 ) -> None:
     """Project sources into sealed micro-databases (set-based, one read per table)."""
     chosen = sum([all_, keys is not None, changed_since is not None])
     if chosen != 1:
         raise MicrodbError("choose exactly one of --all, --keys K1,K2 or --changed-since TIME")
+    if executor is None and (address is not None or workers is not None):
+        raise MicrodbError("--address and --workers need --executor (local, process or ray)")
     ws = _open()
+    ex = None
     try:
+        if executor is not None:
+            from microdb.executors import get_executor
+
+            ex = get_executor(executor, workers=workers, address=address)
         with _progress() as bar:
             tasks: dict[str, int] = {}
 
@@ -192,6 +203,7 @@ def sync(
                 keys=[k.strip() for k in keys.split(",") if k.strip()] if keys else None,
                 changed_since=changed_since,
                 progress=progress,
+                executor=ex,
             )
             for task in tasks.values():
                 bar.update(task, completed=bar.tasks[task].total)
@@ -207,7 +219,12 @@ def sync(
             out.print("[yellow]  rows linked to no entity (skipped): " + ", ".join(f"{t}: {n}" for t, n in res.orphans.items()) + "[/yellow]")
         if res.missing_keys:
             out.print(f"[yellow]  keys not found in the source: {', '.join(res.missing_keys)}[/yellow]")
+        if res.partitions:
+            out.print(f"  {len(res.partitions)} key partitions on the {executor} executor "
+                      f"({len({p.worker for p in res.partitions})} workers), each published atomically")
     finally:
+        if ex is not None:
+            ex.close()
         ws.close()
 
 
@@ -270,18 +287,117 @@ def query(
         ws.close()
 
 
+def _phases(bar: Progress):
+    """A library progress callback (phase, done, total) drawing one bar per phase."""
+    tasks: dict[str, int] = {}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(phase, total=max(total, 1))
+        bar.update(tasks[phase], completed=done, total=max(total, 1))
+
+    return progress
+
+
+def _key_list(keys: Optional[str]) -> Optional[list[str]]:
+    return [k.strip() for k in keys.split(",") if k.strip()] if keys else None
+
+
 @app.command()
 def export(
-    address: str = typer.Argument(..., help="TYPE/KEY to export."),
-    output: Path = typer.Option(..., "--output", "-o", help="Target .duckdb file."),
+    target: str = typer.Argument(..., help="TYPE/KEY for one entity, or TYPE with --keys/--all/--where/--sample."),
+    output: Path = typer.Option(..., "--output", "-o", help="A .duckdb file, or (many entities) a folder for Parquet files."),
     role: Optional[str] = typer.Option(None, "--role", help="Role whose view is exported."),
-    force: bool = typer.Option(False, "--force", help="Overwrite the file."),
+    keys: Optional[str] = typer.Option(None, "--keys", help="Comma-separated keys."),
+    all_: bool = typer.Option(False, "--all", help="Every synced entity."),
+    where: Optional[str] = typer.Option(None, "--where", help="SQL predicate over the entity's tables."),
+    sample: Optional[int] = typer.Option(None, "--sample", help="A random sample of N entities."),
+    stratify: Optional[str] = typer.Option(None, "--stratify", help="TABLE.COLUMN to stratify the sample on."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sample."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the file or folder."),
 ) -> None:
-    """Write one entity, as a role sees it, to a real DuckDB file."""
+    """Write one entity to a DuckDB file, or many (one table per source table, all entities
+    in it) to a DuckDB file or a folder of Parquet files — as a role sees them."""
+    many = keys is not None or all_ or where is not None or sample is not None
     ws = _open()
     try:
-        path = ws.export(address, output, role, overwrite=force)
-        out.print(f"exported {address} to {path}")
+        if "/" in target:
+            if many:
+                raise MicrodbError("--keys/--all/--where/--sample are for many entities: give TYPE, not TYPE/KEY")
+            path = ws.export(target, output, role, overwrite=force)
+            out.print(f"exported {target} to {path}")
+            return
+        if not many:
+            raise MicrodbError(f"give TYPE/KEY for one entity, or --keys/--all/--where/--sample for many {target!r} entities")
+        from microdb.provision import export_set
+
+        with _progress() as bar:
+            path, rows = export_set(ws, target, output, keys=_key_list(keys), where=where, sample=sample,
+                                    stratify=stratify, seed=seed, role=role, overwrite=force, progress=_phases(bar))
+        out.print(f"exported {sum(rows.values())} rows to {path}: " + ", ".join(f"{t} {n}" for t, n in rows.items()))
+    finally:
+        ws.close()
+
+
+@app.command()
+def provision(
+    target: str = typer.Option(..., "--target", help="postgresql://…, mysql://…, sqlite:PATH or duckdb:PATH."),
+    entity_type: Optional[str] = typer.Option(None, "--type", help="Entity type (default: the only one)."),
+    keys: Optional[str] = typer.Option(None, "--keys", help="Comma-separated keys."),
+    where: Optional[str] = typer.Option(None, "--where", help="SQL predicate over the entity's tables, e.g. transactions.is_fraud."),
+    sample: Optional[int] = typer.Option(None, "--sample", help="A random sample of N entities."),
+    stratify: Optional[str] = typer.Option(None, "--stratify", help="TABLE.COLUMN to stratify the sample on."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sample."),
+    bundle: Optional[str] = typer.Option(None, "--bundle", help="A released synthetic bundle (id or folder) instead of masked entities."),
+    role: Optional[str] = typer.Option(None, "--role", help="Role whose (masked) view is provisioned."),
+    schema_only: bool = typer.Option(False, "--schema-only", help="Create the tables, load no rows."),
+    truncate: bool = typer.Option(False, "--truncate", help="Replace the rows of existing tables."),
+    upsert: bool = typer.Option(False, "--upsert", help="Insert or update by primary key (re-runs change nothing)."),
+    schema: Optional[str] = typer.Option(None, "--schema", help="Target schema (PostgreSQL, DuckDB) or database (MySQL)."),
+) -> None:
+    """Write masked entities (or a synthetic bundle) into a database with the source schema:
+    keys, foreign keys, parents before children; atomic where the target allows."""
+    from microdb.provision import provision as run
+
+    if sum([schema_only, truncate, upsert]) > 1:
+        raise MicrodbError("choose at most one of --schema-only, --truncate and --upsert")
+    mode = "schema_only" if schema_only else "truncate" if truncate else "upsert" if upsert else "create"
+    ws = _open()
+    try:
+        with _progress() as bar:
+            res = run(ws, target, etype=entity_type, keys=_key_list(keys), where=where, sample=sample,
+                      stratify=stratify, seed=seed, bundle=bundle, role=role, mode=mode, schema=schema,
+                      progress=_phases(bar))
+        where_to = f"{res.target}" + (f" (schema {res.schema})" if res.schema else "")
+        what = f"bundle {res.bundle}" if res.bundle else f"{res.entities} {res.entity_type} entities"
+        out.print(f"provisioned {what} into {where_to} in {res.seconds:.2f}s "
+                  f"({res.total_rows:,} rows, {res.rows_per_second:,.0f} rows/s; mode {res.mode})")
+        out.print("  rows: " + ", ".join(f"{t} {n}" for t, n in res.rows.items()))
+        if res.withheld:
+            out.print(f"[yellow]  withheld from the role (not provisioned): {', '.join(res.withheld)}[/yellow]")
+        for line in res.skipped_links:
+            out.print(f"[dim]  no constraint for {line}[/dim]")
+    finally:
+        ws.close()
+
+
+@app.command()
+def mount(
+    directory: Path = typer.Argument(..., help="Folder for the per-entity .duckdb files."),
+    entity_type: Optional[str] = typer.Option(None, "--type", help="Entity type (default: the only one)."),
+    keys: Optional[str] = typer.Option(None, "--keys", help="Comma-separated keys (default: every synced entity)."),
+    where: Optional[str] = typer.Option(None, "--where", help="SQL predicate over the entity's tables."),
+    role: Optional[str] = typer.Option(None, "--role", help="Role whose (masked) view is written."),
+) -> None:
+    """Materialize one .duckdb micro-database per entity (its tables and the reference tables) in a folder."""
+    from microdb.provision import default_type, mount as run
+
+    ws = _open()
+    try:
+        etype = default_type(ws, entity_type)
+        with _progress() as bar:
+            path, n = run(ws, directory, etype, keys=_key_list(keys), where=where, role=role, progress=_phases(bar))
+        out.print(f"mounted {n} {etype} micro-databases in {path}")
     finally:
         ws.close()
 
@@ -533,7 +649,7 @@ def main() -> None:
     try:
         app()
     except MicrodbError as exc:
-        err.print(f"[bold red]error:[/bold red] {exc.message}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/bold red] {escape(exc.message)}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
 
 

@@ -29,9 +29,11 @@ def _bars() -> Iterator[Callable[[str, int, int], None]]:
         tasks: dict[str, Any] = {}
 
         def progress(phase: str, done: int, total: int) -> None:
-            if phase not in tasks:
-                tasks[phase] = bar.add_task(phase, total=max(total, 1))
-            bar.update(tasks[phase], completed=done, total=max(total, 1))
+            key, _, step = phase.partition("|")  # "evaluate|privacy": one bar, its step shown
+            label = f"{key}: {step}" if step else key
+            if key not in tasks:
+                tasks[key] = bar.add_task(label, total=max(total, 1))
+            bar.update(tasks[key], completed=done, total=max(total, 1), description=label)
 
         yield progress
 
@@ -51,6 +53,16 @@ def _params(items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--param {item!r}: write NAME=VALUE (e.g. epochs=20)")
         params[name.strip()] = _value(value.strip())
     return params
+
+
+def _executor(name: Optional[str], address: Optional[str], workers: Optional[int]) -> Any:
+    if name is None:
+        if address is not None or workers is not None:
+            raise MicrodbError("--address and --workers need --executor (local, process or ray)")
+        return None
+    from microdb.executors import get_executor
+
+    return get_executor(name, workers=workers, address=address)
 
 
 def _sample_from(text: str) -> list[str] | int | None:
@@ -76,9 +88,13 @@ def fit(
     role: Optional[str] = typer.Option(None, "--role", help="Learn from this role's masked view (default [synth] role)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the train/holdout split and of training."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Model folder (default models/TYPE-GENERATOR-TIME)."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="Unseal the training entities in parallel tasks: local, process or ray."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: 'auto', 'ray://HOST:10001' or 'local' (default)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes for --executor process or a local Ray."),
 ) -> None:
     """Fit a generator on the masked training entities of TYPE (a holdout is kept for reports)."""
     params = _params(param)
+    ex = _executor(executor, address, workers)
     if dp_epsilon is not None:
         params["dp_epsilon"] = dp_epsilon
     if dp_delta is not None:
@@ -87,7 +103,7 @@ def fit(
     try:
         with _bars() as progress:
             model = ws.synth_fit(entity_type, generator, params, seed=seed, sample_from=_sample_from(sample_from),
-                                 role=role, constraints=constraint, out=output, progress=progress)
+                                 role=role, constraints=constraint, out=output, executor=ex, progress=progress)
         info = json.loads((model / "training.json").read_text())
         out.print(f"fitted [bold]{generator}[/bold] on {info['training_entities']} {entity_type} entities "
                   f"(role {info['role']}) in {info['fit_seconds']:.1f}s → {model}")
@@ -97,6 +113,8 @@ def fit(
         if info["excluded_columns"]:
             out.print(f"  not learned (masked or PII, filled with made-up values): {', '.join(info['excluded_columns'])}")
     finally:
+        if ex is not None:
+            ex.close()
         ws.close()
 
 
@@ -109,13 +127,17 @@ def sample(
     share: float = typer.Option(1.0, "--share", help="Share of rows of the condition's table that meet it."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Bundle folder (default bundles/ID)."),
     evaluate: Optional[bool] = typer.Option(None, "--evaluate/--no-evaluate", help="Evaluate against the charter (default: when [charter.thresholds] is set)."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="One task per shard of [synth] shard_entities: local, process or ray (same bundle)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: 'auto', 'ray://HOST:10001' or 'local' (default)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes for --executor process or a local Ray."),
 ) -> None:
     """Sample synthetic entities into a sealed bundle (DuckDB + Parquet + manifest.json)."""
+    ex = _executor(executor, address, workers)
     ws = _open()
     try:
         with _bars() as progress:
             bundle = ws.synth_sample(model, entities, seed=seed, conditions=condition, share=share, out=output,
-                                     evaluate=evaluate, progress=progress)
+                                     evaluate=evaluate, executor=ex, progress=progress)
         m = bundle.manifest
         rows = ", ".join(f"{n} {t}" for t, n in ((t, i["rows"]) for t, i in m["tables"].items()))
         out.print(f"bundle [bold]{bundle.id}[/bold] ({m['status']}): {entities} {m['entity_type']} entities, "
@@ -123,6 +145,8 @@ def sample(
         out.print(f"  rows: {rows}")
         _print_charter(m)
     finally:
+        if ex is not None:
+            ex.close()
         ws.close()
 
 

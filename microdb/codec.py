@@ -40,6 +40,24 @@ def _empty(sid: str, schema: pa.Schema) -> pa.RecordBatch:
     return batch
 
 
+def _own_bits(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` with bitmaps that hold only its own rows.
+
+    A slice starting on a byte boundary is serialized with its bitmaps' bytes as they
+    are, so the last byte would carry validity (and boolean) bits of the rows after it —
+    another entity's. Copying such columns zeroes those padding bits."""
+    if batch.num_rows % 8 == 0:
+        return batch
+    columns = list(batch.columns)
+    changed = False
+    for i, col in enumerate(columns):
+        t = col.type
+        if col.buffers()[0] is not None or pa.types.is_boolean(t) or pa.types.is_nested(t):
+            columns[i] = pa.concat_arrays([col])
+            changed = True
+    return pa.RecordBatch.from_arrays(columns, schema=batch.schema) if changed else batch
+
+
 def encode(batches: dict[str, tuple[str, pa.RecordBatch]]) -> bytes:
     """Serialize ``{table: (schema_id, batch)}`` into one uncompressed payload."""
     head = [_COUNT.pack(len(batches))]
@@ -48,6 +66,8 @@ def encode(batches: dict[str, tuple[str, pa.RecordBatch]]) -> bytes:
         if batch.num_rows == 0:
             # a zero-length slice would serialize its parent's whole buffers
             batch = _empty(sid, batch.schema)
+        else:
+            batch = _own_bits(batch)
         buf = batch.serialize()
         head.append(_entry(name, sid))
         head.append(_SIZE.pack(buf.size))

@@ -184,6 +184,7 @@ class SynthConfig(_Model):
     constraints: dict[str, list[str]] = Field(default_factory=dict)  # entity type -> constraints
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)  # generator -> default parameters
     retention_days: float | None = Field(None, gt=0)  # `microdb gc` retires older bundles
+    shard_entities: int = Field(10_000, ge=1)  # sampling works in shards of this many entities (seed streams)
 
 
 class CharterConfig(_Model):

@@ -84,3 +84,17 @@ class AuditError(MicrodbError):
     """The audit log could not be written or failed verification."""
 
     exit_code = 8
+
+
+class StoreUnavailable(MicrodbError):
+    """The store backend could not be reached or refused a request (retrying may help)."""
+
+    transient = True
+    exit_code = 3
+
+
+class ExecutorError(MicrodbError):
+    """A partition could not be completed: its worker kept dying, or the cluster is unreachable."""
+
+    transient = True
+    exit_code = 9

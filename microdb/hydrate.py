@@ -53,6 +53,19 @@ def register_tables(db: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) 
     return cur
 
 
+def write_database(path: str, tables: dict[str, pa.Table]) -> None:
+    """Write ``tables`` into a new DuckDB database file at ``path`` (one table each)."""
+    con = duckdb.connect(path)
+    try:
+        for name, table in tables.items():
+            con.register("__mdb_src", table)
+            con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM __mdb_src')
+            con.unregister("__mdb_src")
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+
+
 class Pool:
     """Bounded LRU of hydrated (entity type, key, role) cursors, one database per role."""
 

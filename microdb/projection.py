@@ -4,17 +4,27 @@ Set-based: each table of the entity type is read once (filters pushed down to th
 source), every row is labelled with its entity key by joining down the parent chain in
 DuckDB, rows are ordered by entity, and the store receives one slice per entity. The
 number of source queries depends on the number of tables, never on the number of
-entities.
+entities. Rows of an entity are ordered by the table's primary key, so a micro-database
+has the same bytes however the sources were read.
+
+Partitioned sync (:meth:`Projector.sync_partitioned`) splits the keys into the store's key
+partitions and runs :func:`run_partition` once per partition on an
+:class:`~microdb.executors.Executor` (in process, spawned processes or Ray tasks): each
+reads only its partition's rows (key lists pushed down to the sources) and publishes the
+partition in one atomic store write, so a failed partition never shows half its entities.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
@@ -25,7 +35,10 @@ from microdb.entity import KEY_SEPARATOR, EntityTable, EntityType
 from microdb.errors import EntityNotFound, SchemaError
 from microdb.sources import KeyIn, Since
 from microdb.sourceset import SourceSet
-from microdb.store import SealedItem, Store
+from microdb.store import SealedItem, SealedStore, partition_ids
+
+if TYPE_CHECKING:
+    from microdb.executors import Executor
 
 KEY_COL = "__mdb_key"
 ORD_COL = "__mdb_ord"
@@ -61,6 +74,7 @@ class SyncResult:
     source_queries: int = 0
     seconds: float = 0.0
     read_seconds: float = 0.0
+    partitions: list = field(default_factory=list)  # PartitionResult per partition (partitioned sync)
 
     @property
     def entities_per_second(self) -> float:
@@ -78,9 +92,9 @@ def key_strings(table: pa.Table, columns: tuple[str, ...]) -> pa.Array:
 
 
 class Projector:
-    """Projects one entity type from a :class:`SourceSet` into a :class:`Store`."""
+    """Projects one entity type from a :class:`SourceSet` into a :class:`SealedStore`."""
 
-    def __init__(self, etype: EntityType, sources: SourceSet, store: Store) -> None:
+    def __init__(self, etype: EntityType, sources: SourceSet, store: SealedStore) -> None:
         self.etype = etype
         self.sources = sources
         self.store = store
@@ -263,9 +277,10 @@ class Projector:
                 tbl = labelled[t.name]
                 tbl = tbl.append_column(ROW_COL, pa.array(np.arange(tbl.num_rows, dtype=np.int64)))
                 con.register("__mdb_t", tbl)
+                order = "".join(f"t.{_q(c)}, " for c in self._row_order(t))
                 res = con.sql(
                     f"SELECT t.* EXCLUDE ({KEY_COL}, {ROW_COL}), o.{ORD_COL} FROM __mdb_t t JOIN __mdb_ords o "
-                    f"USING ({KEY_COL}) ORDER BY o.{ORD_COL}, t.{ROW_COL}"
+                    f"USING ({KEY_COL}) ORDER BY o.{ORD_COL}, {order}t.{ROW_COL}"
                 ).to_arrow_table()
                 con.unregister("__mdb_t")
                 ordcol = res.column(ORD_COL).to_numpy()
@@ -280,8 +295,25 @@ class Projector:
         finally:
             con.close()
 
+    def _row_order(self, t: EntityTable) -> list[str]:
+        """Columns that order an entity's rows of ``t``: its primary key, else every column."""
+        names = self._schemas[t.name].names
+        pk = self.sources.catalog(t.source).table(t.table).primary_key
+        return list(pk) if pk and all(c in names for c in pk) else list(names)
+
     # the whole job -------------------------------------------------------------------------
-    def sync(self, selection: Selection, progress: Progress = _no_progress, batch_size: int = 2000) -> SyncResult:
+    def sync(
+        self,
+        selection: Selection,
+        progress: Progress = _no_progress,
+        batch_size: int = 2000,
+        *,
+        atomic: bool = False,
+        references: bool | None = None,
+        record_state: bool = True,
+    ) -> SyncResult:
+        """Project the selected entities. ``atomic``: publish them in one store write;
+        ``references``: (re)write reference tables (default: on a full sync or when absent)."""
         started = time.perf_counter()
         q0 = self.sources.queries()
         result = SyncResult(self.etype.name)
@@ -294,7 +326,7 @@ class Projector:
         if selection.keys is not None:
             present = set(keys)
             result.missing_keys = [k for k in selection.keys if k not in present]
-        if selection.is_all or not self._references_present():
+        if references if references is not None else (selection.is_all or not self._references_present()):
             for r in self.etype.references:
                 cols = list(r.projection) if r.projection else None
                 ref = self.sources[r.source].read(r.table, columns=cols)
@@ -304,18 +336,76 @@ class Projector:
         result.rows = {name: batch.num_rows for name, (batch, _) in parts.items()}
         total = len(keys)
         progress("sealing entities", 0, total)
-        self._write(keys, parts, sids, batch_size, progress, total)
-        self.store.set_sync_state(self.etype.name, time.time(), None, list(self.resolve()))
+        self._write(keys, parts, sids, batch_size, progress, total, atomic)
+        if record_state:
+            self.store.set_sync_state(self.etype.name, time.time(), None, list(self.resolve()))
         result.entities = total
         result.source_queries = self.sources.queries() - q0
+        result.seconds = time.perf_counter() - started
+        return result
+
+    # partitioned -------------------------------------------------------------------------
+    def plan(self, selection: Selection) -> list[tuple[int, tuple[str, ...]]]:
+        """The selected keys split into the store's key partitions: ``[(partition, keys)]``.
+
+        A full sync reads only the root table's key columns here (one query)."""
+        key = self.resolve()
+        if selection.keys is not None:
+            keys = pa.array(list(dict.fromkeys(selection.keys)), pa.string())
+        elif selection.changed_since is not None:
+            keys = pa.array(sorted(self.changed_keys(selection.changed_since)), pa.string())
+        else:
+            root = self.etype.root_table
+            keys = pc.unique(key_strings(self.sources[root.source].read(root.table, columns=list(key)), key))
+        keys = keys.take(pc.sort_indices(keys))
+        ids = partition_ids(keys, self.store.partitions)
+        order = np.argsort(ids, kind="stable")
+        cuts = np.flatnonzero(np.diff(ids[order])) + 1
+        return [(int(ids[g[0]]), tuple(keys.take(pa.array(g)).to_pylist())) for g in np.split(order, cuts) if len(g)]
+
+    def sync_partitioned(self, selection: Selection, executor: Executor, root: Path,
+                         progress: Progress = _no_progress,
+                         task: Callable[[PartitionJob], PartitionResult] | None = None) -> SyncResult:
+        """Sync one task per key partition on ``executor``; each task publishes its partition atomically.
+
+        ``root`` is the workspace folder every worker opens (its config, key and store);
+        ``task`` replaces :func:`run_partition` (a picklable wrapper around it)."""
+        started = time.perf_counter()
+        q0 = self.sources.queries()
+        result = SyncResult(self.etype.name)
+        plan = self.plan(selection)
+        if selection.is_all or not self._references_present():
+            for r in self.etype.references:
+                ref = self.sources[r.source].read(r.table, columns=list(r.projection) if r.projection else None)
+                self.store.put_reference(self.etype.name, r.name, ref)
+                result.references[r.name] = ref.num_rows
+        result.read_seconds = time.perf_counter() - started
+        jobs = [PartitionJob(str(root), self.etype.name, part, keys) for part, keys in plan]
+        progress("syncing partitions", 0, len(jobs))
+        parts = executor.map_partitions(task or run_partition, jobs, lambda n, total: progress("syncing partitions", n, total))
+        self.store.invalidate(self.etype.name)
+        for pr in parts:
+            result.entities += pr.entities
+            result.missing_keys += pr.missing_keys
+            result.source_queries += pr.source_queries
+            for name, n in pr.rows.items():
+                result.rows[name] = result.rows.get(name, 0) + n
+            for name, n in pr.orphans.items():
+                result.orphans[name] = result.orphans.get(name, 0) + n
+        result.partitions = parts
+        self.store.set_sync_state(self.etype.name, time.time(), None, list(self.resolve()))
+        result.source_queries += self.sources.queries() - q0
         result.seconds = time.perf_counter() - started
         return result
 
     def _references_present(self) -> bool:
         return not self.etype.references or bool(self.store.references(self.etype.name))
 
-    def _write(self, keys, parts, sids, batch_size, progress, total) -> None:
-        """Seal on this thread, write to the store on another (SQLite releases the GIL)."""
+    def _write(self, keys, parts, sids, batch_size, progress, total, atomic: bool = False) -> None:
+        """Seal on this thread, write to the store on another (SQLite and sockets release the GIL).
+
+        Entities go to the store in the groups it publishes atomically (batches for SQLite,
+        whole key partitions for object storage), or all in one write when ``atomic``."""
         pending: queue.Queue = queue.Queue(maxsize=2)
         failure: list[BaseException] = []
 
@@ -331,13 +421,15 @@ class Projector:
         th = threading.Thread(target=writer, name="microdb-store-writer", daemon=True)
         th.start()
         names = list(parts)
+        groups = [np.arange(total)] if atomic else self.store.write_groups(keys, batch_size)
+        done = 0
         try:
-            for start in range(0, total, batch_size):
+            for group in groups:
                 if failure:
                     break
-                stop = min(start + batch_size, total)
+                rows_out: list[tuple] = []
                 items = []
-                for i in range(start, stop):
+                for n, i in enumerate(group.tolist(), 1):
                     batches = {}
                     rows = 0
                     for name in names:
@@ -346,13 +438,68 @@ class Projector:
                         batches[name] = (sids[name], batch.slice(lo, hi - lo))
                         rows += hi - lo
                     items.append(SealedItem(keys[i], batches, rows))
-                pending.put(list(self.store.seal_rows("entity", self.etype.name, items)))
-                progress("sealing entities", stop, total)
+                    if len(items) == batch_size or n == len(group):
+                        rows_out += self.store.seal_rows("entity", self.etype.name, items)
+                        done += len(items)
+                        items = []
+                        progress("sealing entities", done, total)
+                pending.put(rows_out)
         finally:
             pending.put(None)
             th.join()
         if failure:
             raise failure[0]
+
+
+@dataclass(frozen=True)
+class PartitionJob:
+    """One key partition of a sync as sent to a worker: plain, picklable data."""
+
+    root: str
+    etype: str
+    partition: int
+    keys: tuple[str, ...]
+
+
+@dataclass
+class PartitionResult:
+    """What a worker reports for its partition."""
+
+    partition: int
+    entities: int
+    rows: dict[str, int]
+    orphans: dict[str, int]
+    missing_keys: list[str]
+    source_queries: int
+    seconds: float
+    read_seconds: float
+    worker: int
+    store_requests: dict[str, int] = field(default_factory=dict)  # object-store API calls by operation
+
+
+def run_partition(job: PartitionJob) -> PartitionResult:
+    """Project one key partition and publish it in one atomic store write (runs in any worker).
+
+    The worker opens the workspace's config, master key (``MICRODB_MASTER_KEY`` or the key
+    file), sources and store itself; it writes no audit record (the driver does)."""
+    from microdb.config import CONFIG_FILE, load_config
+    from microdb.entity import entity_type
+    from microdb.keys import Keyring, load_master_key
+    from microdb.store import open_store
+
+    root = Path(job.root)
+    cfg = load_config(root / CONFIG_FILE)
+    store = open_store(cfg.store, root, Keyring(load_master_key(root / cfg.workspace.key_file)))
+    sources = SourceSet(cfg, root)
+    try:
+        proj = Projector(entity_type(cfg, job.etype), sources, store)
+        res = proj.sync(Selection(keys=job.keys), batch_size=cfg.store.batch_size, atomic=True,
+                        references=False, record_state=False)
+    finally:
+        sources.close()
+        store.close()
+    return PartitionResult(job.partition, res.entities, res.rows, res.orphans, res.missing_keys, res.source_queries,
+                           res.seconds, res.read_seconds, os.getpid(), dict(getattr(store, "requests", {})))
 
 
 def _distinct(table: pa.Table) -> pa.Table:

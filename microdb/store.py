@@ -7,26 +7,44 @@ record's address (type and key) is the AEAD associated data, so a blob moved to 
 entity fails authentication. Writes of a batch are one transaction: a reader sees the
 old or the new version of an entity, never half. Forgetting an entity deletes its
 wrapped key and blob with ``secure_delete`` on and truncates the WAL (crypto-shredding).
+
+:class:`SealedStore` is the interface every backend implements (sealing is shared);
+:class:`Store` is the local SQLite backend and :func:`open_store` picks the backend from
+``[store]`` (``url = "s3://bucket/prefix"`` selects :mod:`microdb.store_s3`). Entity keys
+fall into ``partitions`` key partitions (:func:`partition_ids`): the unit of parallel
+sync and, on object storage, of storage and atomic publish.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import duckdb
+import numpy as np
 import pyarrow as pa
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
+from cryptography.hazmat.primitives.keywrap import (
+    InvalidUnwrap,
+    aes_key_unwrap,
+    aes_key_wrap,
+)
 
 from microdb import codec
-from microdb.errors import KeyMaterialError, SealError
+from microdb.errors import ConfigError, KeyMaterialError, SealError, StoreUnavailable  # noqa: F401 (re-exported)
 from microdb.keys import Keyring
+
+if TYPE_CHECKING:
+    from microdb.config import StoreConfig
 
 FORMAT_VERSION = "2"
 _SCHEMA = """
@@ -71,17 +89,161 @@ class SealedItem:
     rows: int
 
 
-class Store:
-    """Sealed records of every entity type of one workspace."""
+def partition_of(key: str, partitions: int) -> int:
+    """The key partition of one entity key: md5 of its UTF-8 text, bytes 8..16 little-endian, mod n."""
+    return int.from_bytes(hashlib.md5(key.encode()).digest()[8:], "little") % partitions
 
-    def __init__(self, path: Path, keyring: Keyring, compression_level: int = 3) -> None:
-        self.path = path
+
+def partition_ids(keys: pa.Array | list[str], partitions: int) -> np.ndarray:
+    """:func:`partition_of` of many keys at once (vectorized in DuckDB, checked against hashlib)."""
+    arr = keys if isinstance(keys, pa.Array) else pa.array(keys, pa.string())
+    if len(arr) == 0:
+        return np.zeros(0, dtype=np.int64)
+    con = duckdb.connect(":memory:")
+    try:
+        con.register("__mdb_keys", pa.table({"k": arr}))
+        out = con.sql(f"SELECT (md5_number_lower(k) % {int(partitions)})::BIGINT AS p FROM __mdb_keys").to_arrow_table()
+    finally:
+        con.close()
+    ids = out.column("p").to_numpy()
+    probe = arr.slice(0, 4).to_pylist()
+    if [partition_of(k, partitions) for k in probe] != ids[: len(probe)].tolist():
+        raise SealError("DuckDB's md5_number_lower no longer matches the store's partition function; pin duckdb")
+    return ids
+
+
+class SealedStore(ABC):
+    """What every store backend offers: sealed records of every entity type of a workspace.
+
+    Sealing is shared; a backend keeps the sealed rows
+    ``(kind, etype, key, version, synced_at, rows, size, wrapped_key, nonce, blob)``.
+    """
+
+    def __init__(self, keyring: Keyring, compression_level: int = 3, partitions: int = 16) -> None:
         self._kek = keyring.derive("store:kek")
         self._level = compression_level
-        self._local = threading.local()
-        self._write_lock = threading.Lock()
+        self.partitions = partitions
         self._schemas: dict[str, pa.Schema] = {}
         self._version_clock = 0
+
+    def write_groups(self, keys: list[str], batch_size: int) -> list[np.ndarray]:
+        """Entity ordinals (of sorted ``keys``) grouped into the units one :meth:`write_rows` publishes."""
+        return [np.arange(s, min(s + batch_size, len(keys))) for s in range(0, len(keys), batch_size)]
+
+    def invalidate(self, etype: str | None = None) -> None:
+        """Drop anything cached about ``etype`` (all types if None) after other processes wrote."""
+
+    @abstractmethod
+    def register_schema(self, schema: pa.Schema) -> str:
+        """Keep ``schema`` once; return its id."""
+
+    @abstractmethod
+    def _load_schema(self, sid: str) -> pa.Schema: ...
+
+    # sealing -----------------------------------------------------------------------------
+    def _next_version(self) -> int:
+        v = max(time.time_ns(), self._version_clock + 1)
+        self._version_clock = v
+        return v
+
+    def _seal(self, kind: str, etype: str, key: str, payload: bytes) -> tuple[bytes, bytes, bytes]:
+        data_key = AESGCM.generate_key(256)
+        nonce = os.urandom(12)
+        blob = AESGCM(data_key).encrypt(nonce, codec.compress(payload, self._level), _aad(kind, etype, key))
+        return aes_key_wrap(self._kek, data_key), nonce, blob
+
+    def _unseal(self, kind: str, etype: str, key: str, wrapped: bytes, nonce: bytes, blob: bytes, size: int) -> bytes:
+        try:
+            data_key = aes_key_unwrap(self._kek, wrapped)
+            compressed = AESGCM(data_key).decrypt(nonce, blob, _aad(kind, etype, key))
+        except (InvalidTag, InvalidUnwrap):
+            raise SealError(f"sealed record {etype}/{key} failed authentication: it was tampered with or moved") from None
+        return codec.decompress(compressed, size)
+
+    def seal_rows(self, kind: str, etype: str, items: Iterable[SealedItem]) -> Iterator[tuple]:
+        """Encrypt items into rows for :meth:`write_rows` (CPU work, no store access)."""
+        now = time.time()
+        for item in items:
+            payload = codec.encode(item.batches)
+            wrapped, nonce, blob = self._seal(kind, etype, item.key, payload)
+            yield (kind, etype, item.key, self._next_version(), now, item.rows, len(payload), wrapped, nonce, blob)
+
+    @abstractmethod
+    def write_rows(self, rows: list[tuple]) -> None:
+        """Insert or replace sealed rows; readers see the old or the new version of a whole call."""
+
+    def put(self, etype: str, items: list[SealedItem]) -> None:
+        self.write_rows(list(self.seal_rows("entity", etype, items)))
+
+    def put_reference(self, etype: str, name: str, table: pa.Table) -> None:
+        sid = self.register_schema(table.schema)
+        batch = table.combine_chunks().to_batches()
+        rb = batch[0] if batch else pa.RecordBatch.from_pylist([], schema=table.schema)
+        self.write_rows(list(self.seal_rows("reference", etype, [SealedItem(name, {name: (sid, rb)}, table.num_rows)])))
+
+    # reading -------------------------------------------------------------------------------
+    def _decode(self, payload: bytes) -> dict[str, pa.Table]:
+        try:
+            return codec.decode(payload, self._schemas)
+        except KeyError as missing:
+            self._load_schema(missing.args[0])
+            return self._decode(payload)
+
+    @abstractmethod
+    def info(self, etype: str, key: str) -> RecordInfo | None:
+        """Version, sync time and row count of a stored entity, or None."""
+
+    @abstractmethod
+    def get(self, etype: str, key: str, kind: str = "entity") -> Unsealed | None:
+        """The unsealed tables of an entity (or of a reference table), or None."""
+
+    @abstractmethod
+    def _reference_names(self, etype: str) -> list[str]: ...
+
+    def references(self, etype: str) -> dict[str, pa.Table]:
+        out: dict[str, pa.Table] = {}
+        for name in self._reference_names(etype):
+            rec = self.get(etype, name, kind="reference")
+            if rec is not None:
+                out.update(rec.tables)
+        return out
+
+    @abstractmethod
+    def reference_version(self, etype: str) -> int: ...
+
+    @abstractmethod
+    def keys(self, etype: str, limit: int | None = None, offset: int = 0) -> list[str]:
+        """Stored entity keys in text order."""
+
+    @abstractmethod
+    def count(self, etype: str) -> int: ...
+
+    @abstractmethod
+    def stats(self, etype: str) -> dict[str, int]:
+        """``records``, ``rows`` and sealed ``bytes`` of an entity type."""
+
+    @abstractmethod
+    def forget(self, etype: str, key: str) -> bool:
+        """Destroy the entity's data key and blob; True if it existed."""
+
+    @abstractmethod
+    def set_sync_state(self, etype: str, last_sync: float, watermark: str | None, key_columns: list[str]) -> None: ...
+
+    @abstractmethod
+    def sync_state(self, etype: str) -> dict | None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class Store(SealedStore):
+    """The local backend: sealed records in one SQLite file in WAL mode."""
+
+    def __init__(self, path: Path, keyring: Keyring, compression_level: int = 3, partitions: int = 16) -> None:
+        super().__init__(keyring, compression_level, partitions)
+        self.path = path
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         con = self._con()
         with con:
@@ -129,9 +291,6 @@ class Store:
             self._schemas[sid] = schema
         return sid
 
-    def _schema_map(self) -> dict[str, pa.Schema]:
-        return self._schemas
-
     def _load_schema(self, sid: str) -> pa.Schema:
         row = self._con().execute("SELECT ipc FROM schemas WHERE id = ?", (sid,)).fetchone()
         if row is None:
@@ -140,34 +299,7 @@ class Store:
         self._schemas[sid] = schema
         return schema
 
-    # sealing -----------------------------------------------------------------------------
-    def _next_version(self) -> int:
-        v = max(time.time_ns(), self._version_clock + 1)
-        self._version_clock = v
-        return v
-
-    def _seal(self, kind: str, etype: str, key: str, payload: bytes) -> tuple[bytes, bytes, bytes]:
-        data_key = AESGCM.generate_key(256)
-        nonce = os.urandom(12)
-        blob = AESGCM(data_key).encrypt(nonce, codec.compress(payload, self._level), _aad(kind, etype, key))
-        return aes_key_wrap(self._kek, data_key), nonce, blob
-
-    def _unseal(self, kind: str, etype: str, key: str, wrapped: bytes, nonce: bytes, blob: bytes, size: int) -> bytes:
-        try:
-            data_key = aes_key_unwrap(self._kek, wrapped)
-            compressed = AESGCM(data_key).decrypt(nonce, blob, _aad(kind, etype, key))
-        except (InvalidTag, InvalidUnwrap):
-            raise SealError(f"sealed record {etype}/{key} failed authentication: it was tampered with or moved") from None
-        return codec.decompress(compressed, size)
-
-    def seal_rows(self, kind: str, etype: str, items: Iterable[SealedItem]) -> Iterator[tuple]:
-        """Encrypt items into rows for :meth:`write_rows` (CPU work, no store access)."""
-        now = time.time()
-        for item in items:
-            payload = codec.encode(item.batches)
-            wrapped, nonce, blob = self._seal(kind, etype, item.key, payload)
-            yield (kind, etype, item.key, self._next_version(), now, item.rows, len(payload), wrapped, nonce, blob)
-
+    # writing -----------------------------------------------------------------------------
     def write_rows(self, rows: list[tuple]) -> None:
         """Insert or replace sealed rows atomically (one transaction)."""
         with self._write_lock:
@@ -186,28 +318,12 @@ class Store:
                 raise
             con.execute("COMMIT")
 
-    def put(self, etype: str, items: list[SealedItem]) -> None:
-        self.write_rows(list(self.seal_rows("entity", etype, items)))
-
-    def put_reference(self, etype: str, name: str, table: pa.Table) -> None:
-        sid = self.register_schema(table.schema)
-        batch = table.combine_chunks().to_batches()
-        rb = batch[0] if batch else pa.RecordBatch.from_pylist([], schema=table.schema)
-        self.write_rows(list(self.seal_rows("reference", etype, [SealedItem(name, {name: (sid, rb)}, table.num_rows)])))
-
     # reading -----------------------------------------------------------------------------
     def info(self, etype: str, key: str) -> RecordInfo | None:
         row = self._con().execute(
             "SELECT version, synced_at, rows FROM records WHERE kind='entity' AND etype=? AND ekey=?", (etype, key)
         ).fetchone()
         return RecordInfo(*row) if row else None
-
-    def _decode(self, payload: bytes) -> dict[str, pa.Table]:
-        try:
-            return codec.decode(payload, self._schemas)
-        except KeyError as missing:
-            self._load_schema(missing.args[0])
-            return self._decode(payload)
 
     def get(self, etype: str, key: str, kind: str = "entity") -> Unsealed | None:
         row = self._con().execute(
@@ -221,16 +337,10 @@ class Store:
         payload = self._unseal(kind, etype, key, wrapped, nonce, blob, size)
         return Unsealed(self._decode(payload), RecordInfo(version, synced_at, rows))
 
-    def references(self, etype: str) -> dict[str, pa.Table]:
-        names = [r[0] for r in self._con().execute(
+    def _reference_names(self, etype: str) -> list[str]:
+        return [r[0] for r in self._con().execute(
             "SELECT ekey FROM records WHERE kind='reference' AND etype=? ORDER BY ekey", (etype,)
         )]
-        out: dict[str, pa.Table] = {}
-        for name in names:
-            rec = self.get(etype, name, kind="reference")
-            if rec is not None:
-                out.update(rec.tables)
-        return out
 
     def reference_version(self, etype: str) -> int:
         row = self._con().execute(
@@ -283,6 +393,20 @@ class Store:
         if row is None:
             return None
         return {"last_sync": row[0], "watermark": row[1], "key_columns": row[2].split(",") if row[2] else []}
+
+
+def open_store(cfg: StoreConfig, root: Path, keyring: Keyring) -> SealedStore:
+    """The backend ``[store]`` names: SQLite at ``path`` (default) or an S3-compatible ``url``."""
+    if cfg.url:
+        try:
+            from microdb.store_s3 import S3Store
+        except ImportError as exc:
+            raise ConfigError(
+                f"store.url = {cfg.url!r} needs the object-store client ({exc.name} is not installed): "
+                "pip install 'microdb[scale]'"
+            ) from None
+        return S3Store.from_config(cfg, keyring)
+    return Store(root / cfg.path, keyring, cfg.compression_level, cfg.partitions)
 
 
 def _aad(kind: str, etype: str, key: str) -> bytes:

@@ -109,6 +109,41 @@ def load_entities(ws: Workspace, et: EntityType, keys: Sequence[str], progress: 
     return out
 
 
+def _load_job(job: tuple[str, str, list[str]]) -> dict[str, bytes]:
+    """One executor task: a chunk of entities unsealed from the store, as Arrow IPC streams."""
+    import io
+
+    from microdb.workspace import Workspace, find_workspace
+
+    root, etype, keys = job
+    ws = Workspace(find_workspace(root))
+    try:
+        tables = load_entities(ws, ws.entity_type(etype), keys)
+    finally:
+        ws.close()
+    out = {}
+    for name, table in tables.items():
+        sink = io.BytesIO()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        out[name] = sink.getvalue()
+    return out
+
+
+def load_entities_on(executor: Any, ws: Workspace, et: EntityType, keys: Sequence[str],
+                     progress: Progress = _quiet) -> dict[str, pa.Table]:
+    """:func:`load_entities` split into contiguous chunks run as executor tasks (same result)."""
+    chunk = min(2000, max(50, -(-len(keys) // 16)))
+    jobs = [(str(ws.root), et.name, list(keys[i:i + chunk])) for i in range(0, len(keys), chunk)]
+    results = executor.map_partitions(_load_job, jobs, done=lambda k, total: progress("load", k, total))
+    parts: dict[str, list[pa.Table]] = {}
+    for result in results:
+        for name, data in result.items():
+            parts.setdefault(name, []).append(pa.ipc.open_stream(data).read_all())
+    return {name: pa.concat_tables(tables, promote_options="permissive").combine_chunks()
+            for name, tables in parts.items()}
+
+
 def _primary_key(table: pa.Table, preferred: Sequence[str]) -> tuple[str, ...]:
     """Columns that identify rows: ``preferred`` when unique, else the first unique non-null
     column whose name ends in 'id', else the first unique non-null column, else none."""
@@ -232,7 +267,7 @@ def synth_role(ws: Workspace, role: str | None) -> str:
 
 def training_set(ws: Workspace, etype: str, *, role: str | None = None, part: str = "train", seed: int = 0,
                  sample_from: Sequence[str] | int | None = None, fraction: float | None = None,
-                 progress: Progress = _quiet) -> TrainingSet:
+                 executor: Any = None, progress: Progress = _quiet) -> TrainingSet:
     """The ``train`` or ``holdout`` entities of ``etype`` as the synth role sees them."""
     et = ws.entity_type(etype)
     role = synth_role(ws, role)
@@ -241,7 +276,7 @@ def training_set(ws: Workspace, etype: str, *, role: str | None = None, part: st
     if not keys:
         raise ConfigError(f"synth: the {part} set of {etype!r} is empty "
                           f"({ws.store.count(etype)} entities in the store; run `microdb sync {etype} --all`)")
-    raw = load_entities(ws, et, keys, progress)
+    raw = load_entities(ws, et, keys, progress) if executor is None else load_entities_on(executor, ws, et, keys, progress)
     refs, _ = ws._references(et, role)
     ts = masked_view(ws, et, role, raw, refs, ws.config.synth.exclude)
     ts.keys = keys
@@ -252,8 +287,10 @@ def training_set(ws: Workspace, etype: str, *, role: str | None = None, part: st
 
 def fit(ws: Workspace, etype: str, *, generator: str = "copula", params: dict[str, Any] | None = None,
         seed: int = 0, sample_from: Sequence[str] | int | None = None, role: str | None = None,
-        constraints: Sequence[str] = (), out: Path | None = None, progress: Progress = _quiet) -> Path:
-    """Fit ``generator`` on the training entities of ``etype``; save the model; return its folder."""
+        constraints: Sequence[str] = (), out: Path | None = None, executor: Any = None,
+        progress: Progress = _quiet) -> Path:
+    """Fit ``generator`` on the training entities of ``etype``; save the model; return its folder
+    (``executor``: unseal the training entities in parallel tasks; same model)."""
     from lineage.events import DatasetRef, MicrodbRunFacet
     from synth.generators import get_generator
 
@@ -270,11 +307,14 @@ def fit(ws: Workspace, etype: str, *, generator: str = "copula", params: dict[st
     emitter = ws.lineage()
     facet = MicrodbRunFacet(policy_hash=policy_hash, generator=generator, parameters=merged, seed=seed,
                             source_watermark=sync_state.get("watermark"))
-    run_ctx = emitter.run(f"synth.fit.{etype}", [DatasetRef(f"microdb://{ws.root}", f"store/{etype}")],
-                          [DatasetRef(f"microdb://{ws.root}", f"models/{out.name}")], {"microdb": facet}) if emitter else None
+    run_ctx = emitter.run(f"synth.fit.{etype}", [], [DatasetRef(f"microdb://{ws.root}", f"models/{out.name}")], {"microdb": facet}) if emitter else None
     try:
         with run_ctx or nullcontext():
-            ts = training_set(ws, etype, role=role_name, part="train", seed=seed, sample_from=sample_from, progress=progress)
+            ts = training_set(ws, etype, role=role_name, part="train", seed=seed, sample_from=sample_from,
+                              executor=executor, progress=progress)
+            if run_ctx:  # the tables as the generator saw them (masked view), with their schemas
+                for name, table in ts.tables.items():
+                    run_ctx.add_input(DatasetRef.from_arrow(f"microdb://{ws.root}", f"store/{etype}/{name}", table.schema))
             progress("fit", 0, 1)
             gen.fit(ts.schema, ts.tables, ts.references, seed=seed, constraints=all_constraints)
             progress("fit", 1, 1)
@@ -315,9 +355,28 @@ def _model_hashes(model: Path) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------------- sample
 
+def _sample_tables(ws: Workspace, gen: Any, model: Path, entities: int, seed: int, conds: list[Any],
+                   executor: Any, progress: Progress) -> dict[str, pa.Table]:
+    """Sample in shards by seed stream (see :mod:`synth.shards`): in this process, or one
+    task per shard on ``executor``; the same bundle either way."""
+    from synth import shards
+
+    plan = shards.plan(int(entities), int(seed), ws.config.synth.shard_entities)
+    if executor is None:
+        parts = []
+        for i, (n, s) in enumerate(plan):
+            parts.append(gen.sample(n, seed=s, conditions=conds))
+            progress("sample", i + 1, len(plan))
+    else:
+        jobs = [(str(model), n, s, tuple((c.table, c.column, c.value, c.share) for c in conds)) for n, s in plan]
+        results = executor.map_partitions(shards.sample_job, jobs, done=lambda k, total: progress("sample", k, total))
+        parts = [shards.read_job_result(r) for r in results]
+    return shards.merge(gen, parts)
+
+
 def sample(ws: Workspace, model: Path, *, entities: int, seed: int = 0, conditions: Sequence[str] = (),
            share: float = 1.0, out: Path | None = None, evaluate: bool | None = None,
-           progress: Progress = _quiet) -> Bundle:
+           executor: Any = None, progress: Progress = _quiet) -> Bundle:
     """Sample ``entities`` new entities into a sealed bundle, evaluate it against the
     charter when one is configured, and register it."""
     from lineage.events import DatasetRef, MicrodbRunFacet
@@ -325,6 +384,7 @@ def sample(ws: Workspace, model: Path, *, entities: int, seed: int = 0, conditio
     from synth.generators import load_generator
     from synth.integrity import check_integrity
 
+    charter_due = evaluate if evaluate is not None else bool(ws.config.charter.thresholds)
     model = Path(model)
     training = read_training(model)
     etype = training["entity_type"]
@@ -340,7 +400,8 @@ def sample(ws: Workspace, model: Path, *, entities: int, seed: int = 0, conditio
     emitter = ws.lineage()
     facet = MicrodbRunFacet(policy_hash=training["policy_hash"], generator=training["generator"],
                             parameters={**training["params"], "entities": entities,
-                                        "conditions": [c for c in conditions], "share": share},
+                                        "conditions": [c for c in conditions], "share": share,
+                                        "shard_entities": ws.config.synth.shard_entities},
                             seed=seed, source_watermark=training.get("source_watermark"), bundle=bundle_id)
     run_ctx = emitter.run(f"synth.sample.{etype}", [DatasetRef(f"microdb://{ws.root}", f"models/{model.name}")],
                           [DatasetRef(f"microdb://{ws.root}", f"bundles/{bundle_id}")], {"microdb": facet}) if emitter else None
@@ -348,8 +409,7 @@ def sample(ws: Workspace, model: Path, *, entities: int, seed: int = 0, conditio
     try:
         with run_ctx or nullcontext():
             progress("sample", 0, 1)
-            tree = gen.sample(int(entities), seed=int(seed), conditions=conds)
-            progress("sample", 1, 1)
+            tree = _sample_tables(ws, gen, model, int(entities), int(seed), conds, executor, progress)
             refs, _ = ws._references(et, role)
             schema = gen.schema
             integrity = check_integrity(schema, tree, refs)
@@ -361,7 +421,8 @@ def sample(ws: Workspace, model: Path, *, entities: int, seed: int = 0, conditio
             manifest: dict[str, Any] = {
                 "format": 1, "kind": "microdb.bundle", "entity_type": etype, "created_at": time.time(),
                 "generator": training["generator"], "parameters": training["params"], "seed": seed,
-                "entities": int(entities), "conditions": [{"table": c.table, "column": c.column, "value": c.value,
+                "entities": int(entities), "shard_entities": ws.config.synth.shard_entities,
+                "conditions": [{"table": c.table, "column": c.column, "value": c.value,
                                                            "share": c.share} for c in conds],
                 "constraints": training["constraints"], "schema": schema.to_dict(),
                 "model": {"path": str(model.resolve()), "files": _model_hashes(model), "fit_seed": training["seed"]},
@@ -371,8 +432,13 @@ def sample(ws: Workspace, model: Path, *, entities: int, seed: int = 0, conditio
                 "privacy": training.get("privacy"),
                 "integrity": {"ri_percent": integrity.ri_percent},
                 "lineage": {"fit_run": training.get("lineage_run"), "sample_run": run_ctx.run_id if run_ctx else None},
-                "sample_seconds": None, "status": "released", "charter": None, "overrides": [],
+                "sample_seconds": None, "status": "unevaluated" if charter_due else "released",
+                "charter": None, "overrides": [],
             }
+            if run_ctx:
+                for name, table in tables.items():
+                    run_ctx.add_output(DatasetRef.from_arrow(f"microdb://{ws.root}", f"bundles/{bundle_id}/{name}",
+                                                             table.schema))
             key, wrapped = ws.bundles.new_key()
             manifest["sample_seconds"] = round(time.perf_counter() - started, 3)
             manifest = write_bundle(out, bundle_id, key, tables, manifest)
@@ -386,8 +452,7 @@ def sample(ws: Workspace, model: Path, *, entities: int, seed: int = 0, conditio
               rows=sum(t.num_rows for t in tables.values()),
               details={"model": str(model), "entities": entities, "seed": seed, "path": str(out),
                        "conditions": list(conditions), "manifest_sha256": sha256_file(out / "manifest.json")})
-    charter = ws.config.charter
-    if evaluate if evaluate is not None else bool(charter.thresholds):
+    if charter_due:  # until the report decides, the bundle stays 'unevaluated' (unusable)
         report(ws, bundle.id, progress=progress)
         bundle = open_bundle(ws, bundle.id, for_release=False)
     return bundle
@@ -432,6 +497,8 @@ def open_bundle(ws: Workspace, ref: str, *, for_release: bool = True) -> Bundle:
                           f"{entry.status!r} (run `microdb bundle verify {entry.id}`)")
     if entry.status == "retired":
         raise AccessDenied(f"bundle {entry.id} was retired ({entry.reason}); its data is destroyed")
+    if for_release and entry.status == "unevaluated":
+        raise AccessDenied(f"bundle {entry.id} awaits its charter evaluation: run `microdb synth report {entry.id}`")
     if for_release and entry.status == "rejected" and not manifest.get("overrides"):
         raise AccessDenied(f"bundle {entry.id} was rejected by the charter; record an override first: "
                            f"`microdb bundle override {entry.id} --reason ...`")
@@ -460,10 +527,12 @@ def report(ws: Workspace, ref: str, *, out: Path | None = None, progress: Progre
     holdout = training_set(ws, etype, role=training["role"], part="holdout", seed=seed, progress=progress)
     c = ws.config.charter
     spec = EvalSpec(target=c.target, level=c.level, protected=tuple(c.protected),
-                    quasi_identifiers=tuple(c.quasi_identifiers), sensitive=c.sensitive, seed=seed)
+                    quasi_identifiers=tuple(c.quasi_identifiers), sensitive=c.sensitive, seed=seed,
+                    conditioned=tuple(f"{x['table']}.{x['column']}" for x in manifest.get("conditions", [])))
     tables = bundle.tables()
     synthetic = {t.name: tables[t.name] for t in schema.tables}
-    result = evaluate(schema, train.tables, holdout.tables, synthetic, train.references, spec, progress=progress)
+    result = evaluate(schema, train.tables, holdout.tables, synthetic, train.references, spec,
+                      progress=lambda step, done, total: progress(f"evaluate|{step}", done, total))
     decision = decide(c, result)
     out_dir = Path(out) if out else bundle.directory
     out_dir.mkdir(parents=True, exist_ok=True)

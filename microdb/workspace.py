@@ -13,7 +13,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import duckdb
 import pyarrow as pa
 
 from microdb.config import CONFIG_FILE, Config, load_config
@@ -21,7 +20,7 @@ from microdb.entity import EntityType, entity_type, parse_address
 from lineage.audit import AuditEvent, AuditLog
 from microdb.errors import (AccessDenied, ConfigError, EntityNotFound, MicrodbError, PolicyError, QueryError, QueryRefused,
                             SourceError)
-from microdb.hydrate import Hydrated, Pool, register_tables
+from microdb.hydrate import Hydrated, Pool, register_tables, write_database
 from microdb.keys import Keyring, load_master_key
 from microdb.policies import IMPLICIT_RAW_ROLE, Policies
 from microdb.projection import Progress, Projector, Selection, SyncResult, _no_progress
@@ -230,10 +229,14 @@ class Workspace:
         cached = self._refs.get((et.name, role))
         if cached is not None and cached[0] == version:
             return cached[1], cached[2]
-        raw = self.store.references(et.name)
-        self.policies.check(role, et.name, {n: t.column_names for n, t in raw.items()})
-        masked, withheld = self.policies.mask(role, raw, None)
-        self._refs[(et.name, role)] = (version, masked, withheld)
+        with self._flight[hash(("references", et.name, role)) % len(self._flight)]:  # mask once, not per caller
+            cached = self._refs.get((et.name, role))
+            if cached is not None and cached[0] == version:
+                return cached[1], cached[2]
+            raw = self.store.references(et.name)
+            self.policies.check(role, et.name, {n: t.column_names for n, t in raw.items()})
+            masked, withheld = self.policies.mask(role, raw, None)
+            self._refs[(et.name, role)] = (version, masked, withheld)
         return masked, withheld
 
     def _load(self, et: EntityType, key: str, role: str) -> tuple[dict[str, pa.Table], list[str], int]:
@@ -351,15 +354,7 @@ class Workspace:
         tmp = path.with_name(path.name + ".tmp")
         if tmp.exists():
             tmp.unlink()
-        con = duckdb.connect(str(tmp))
-        try:
-            for name, table in tables.items():
-                con.register("__mdb_src", table)
-                con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM __mdb_src')
-                con.unregister("__mdb_src")
-            con.execute("CHECKPOINT")
-        finally:
-            con.close()
+        write_database(str(tmp), tables)
         os.replace(tmp, path)
         role = self._role(role)
         self._export_manifest(address, path, role, tables)
@@ -412,21 +407,24 @@ class Workspace:
     def synth_fit(self, etype: str, generator: str = "copula", params: dict[str, Any] | None = None, *,
                   seed: int = 0, sample_from: list[str] | int | None = None, role: str | None = None,
                   constraints: Iterable[str] = (), out: str | os.PathLike[str] | None = None,
-                  progress: Progress = _no_progress) -> Path:
+                  executor: Any = None, progress: Progress = _no_progress) -> Path:
         """Fit a generator on the (masked) training entities of ``etype``; returns the model folder."""
         from microdb import synthesis
 
         return synthesis.fit(self, etype, generator=generator, params=params, seed=seed, sample_from=sample_from,
-                             role=role, constraints=list(constraints), out=Path(out) if out else None, progress=progress)
+                             role=role, constraints=list(constraints), out=Path(out) if out else None,
+                             executor=executor, progress=progress)
 
     def synth_sample(self, model: str | os.PathLike[str], entities: int, *, seed: int = 0,
                      conditions: Iterable[str] = (), share: float = 1.0, out: str | os.PathLike[str] | None = None,
-                     evaluate: bool | None = None, progress: Progress = _no_progress) -> Any:
-        """Sample ``entities`` synthetic entities into a sealed, registered bundle."""
+                     evaluate: bool | None = None, executor: Any = None, progress: Progress = _no_progress) -> Any:
+        """Sample ``entities`` synthetic entities into a sealed, registered bundle (``executor``:
+        an executor from :mod:`microdb.executors` runs one task per shard; same bundle)."""
         from microdb import synthesis
 
         return synthesis.sample(self, Path(model), entities=entities, seed=seed, conditions=list(conditions),
-                                share=share, out=Path(out) if out else None, evaluate=evaluate, progress=progress)
+                                share=share, out=Path(out) if out else None, evaluate=evaluate, executor=executor,
+                                progress=progress)
 
     def bundle(self, ref: str | os.PathLike[str]) -> Any:
         """A registered bundle (by id, id prefix or folder), ready to read or query."""
@@ -439,6 +437,8 @@ class Workspace:
         return BundleEntity(self, self.bundle(ref), str(key))
 
     def close(self) -> None:
+        if self.audit is not None:
+            self.audit.close()
         if self._lineage is not None:
             self._lineage.close()
             self._lineage = None

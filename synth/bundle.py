@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,6 +28,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from microdb.errors import ConfigError, EntityNotFound, SealError
+from microdb.hydrate import write_database
 from synth.integrity import select_entities
 from synth.schema import SynthSchema
 
@@ -84,15 +84,7 @@ def _duckdb_bytes(tables: Mapping[str, pa.Table]) -> bytes:
     base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
     with tempfile.TemporaryDirectory(prefix="microdb-bundle-", dir=base) as tmp:
         path = Path(tmp) / DUCKDB_FILE
-        con = duckdb.connect(str(path))
-        try:
-            for name, table in tables.items():
-                con.register("__mdb_src", table)
-                con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM __mdb_src')
-                con.unregister("__mdb_src")
-            con.execute("CHECKPOINT")
-        finally:
-            con.close()
+        write_database(str(path), dict(tables))
         return path.read_bytes()
 
 

@@ -318,7 +318,7 @@ def enforce(c: Constraint, schema: SynthSchema, tables: dict[str, pa.Table],
         tables[c.table] = _set_column(table, c.column, fixed)
         return
     if c.kind == "unique":
-        tables[c.table] = _set_column(table, c.column, _make_unique(column))
+        tables[c.table] = _set_column(table, c.column, make_unique(column))
         return
     x = comparable(column)
     bound = _bound(c, schema, tables, parents)
@@ -340,7 +340,7 @@ def enforce(c: Constraint, schema: SynthSchema, tables: dict[str, pa.Table],
     tables[c.table] = _set_column(table, c.column, pc.if_else(keep, column, fixed))
 
 
-def _make_unique(column: pa.Array) -> pa.Array:
+def make_unique(column: pa.Array) -> pa.Array:
     """Give the second and later copies of a value a distinguishing variant."""
     for _ in range(8):
         encoded = pc.dictionary_encode(column)

@@ -131,3 +131,108 @@ def demo_ws(tmp_path_factory):
     ws.sync("customer")
     yield ws
     ws.close()
+
+
+SERVE_PASSWORD = "correct horse battery"
+
+
+def add_logins(path: Path) -> dict[str, str]:
+    """Append serving logins to a workspace's config: a wire user per role (``analyst`` with a
+    password, ``ops`` trusted locally) and an HTTP token per role; returns {token name: token}."""
+    from microdb.server.http import hash_token, new_token
+    from microdb.server.pgwire import ScramVerifier
+
+    tokens = {"analyst": new_token(), "ops": new_token(), "tester": new_token()}
+    roles = {"analyst": "analyst", "ops": "admin", "tester": "tester"}
+    with (path / "microdb.toml").open("a") as fh:
+        fh.write(f'\n[server.users.analyst]\nrole = "analyst"\npassword_verifier = "{ScramVerifier.from_password(SERVE_PASSWORD)}"\n'
+                 '\n[server.users.ops]\nrole = "admin"\ntrusted_local = true\n')
+        for name, token in tokens.items():
+            fh.write(f'\n[server.tokens.{name}]\nrole = "{roles[name]}"\ntoken_hash = "{hash_token(token)}"\n')
+    return tokens
+
+
+# ------------------------------------------------------------------ object store (scale-out)
+S3_BUCKET = "microdb-test"
+S3_START = "pip install -e '.[scale]' (moto[server], boto3), then the fixture starts `python -m moto.server`"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto in server mode, its own process) on a free loopback
+    port, with one bucket; credentials are set in the environment as a user would. Yields
+    the endpoint URL."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    try:
+        import boto3
+        import moto.server  # noqa: F401
+    except ImportError as exc:
+        pytest.fail(f"the object-store tests need {exc.name}: {S3_START}", pytrace=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ["AWS_ACCESS_KEY_ID"] = "microdb-test"
+    os.environ["AWS_SECRET_ACCESS_KEY"] = "microdb-test-secret"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"moto server did not start on {endpoint} (exit {proc.poll()}); {S3_START}", pytrace=False)
+                time.sleep(0.1)
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=S3_BUCKET)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def use_s3_store(path: Path, endpoint: str, partitions: int = 4) -> str:
+    """Point a workspace's store at a fresh prefix of the test bucket; returns the store URL."""
+    url = f"s3://{S3_BUCKET}/{unique_name()}"
+    cfg = path / "microdb.toml"
+    lines = f'url = "{url}"\nendpoint = "{endpoint}"\npartitions = {partitions}\n'
+    text = cfg.read_text()
+    if re.search(r"^\[store\]\s*$", text, flags=re.M):
+        text = re.sub(r"^\[store\]\s*$", "[store]\n" + lines.rstrip("\n"), text, count=1, flags=re.M)
+    else:
+        text += "\n[store]\n" + lines
+    cfg.write_text(text)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "s3"])
+def store_backend(request):
+    """Each store backend in turn: a function that configures a workspace folder for it."""
+    if request.param == "sqlite":
+        return lambda path: None
+    endpoint = request.getfixturevalue("s3_server")
+    return lambda path: use_s3_store(path, endpoint)
+
+
+def set_sections(path: Path, **sections: dict) -> None:
+    """Replace whole top-level sections (``synth``, ``charter``…) of a workspace's config."""
+    import tomllib
+
+    import tomli_w
+
+    cfg_path = Path(path) / "microdb.toml"
+    doc = tomllib.loads(cfg_path.read_text())
+    doc.update(sections)
+    cfg_path.write_text(tomli_w.dumps(doc))

@@ -14,7 +14,7 @@ from sqlglot import exp
 
 from microdb.errors import QueryError
 from microdb.server.pgwire import ScramVerifier, Session, UserAuth
-from microdb.workspace import ACTOR, Workspace
+from microdb.workspace import ACTOR, STALE, Workspace
 
 ENTITY_SETTING = "microdb.entity"
 
@@ -79,6 +79,7 @@ class WorkspaceBackend:
         if params:
             sql = bind_params(sql, params)
         token = ACTOR.set(session.user)
+        stale = STALE.set(session.notices)  # entities served stale become NoticeResponses
         try:
             etype, _, key = target.partition("/")
             if key == "*":
@@ -87,4 +88,30 @@ class WorkspaceBackend:
                 return self.ws.query(etype, sql, keys=[k.strip() for k in key.split(",") if k.strip()], role=session.role)
             return self.ws.entity(target, role=session.role).sql(sql)
         finally:
+            STALE.reset(stale)
             ACTOR.reset(token)
+
+    def catalog(self, session: Session, sql: str) -> pa.Table | None:
+        """psql's ``\\d`` family and other catalog queries, from the schemas the session sees."""
+        from microdb.server.catalog import Catalog
+
+        return Catalog(self._schemas(session)).answer(sql)
+
+    def _schemas(self, session: Session) -> dict[str, pa.Schema]:
+        target = session.settings.get(ENTITY_SETTING)
+        if not target:
+            return {}
+        etype, _, key = target.partition("/")
+        if key == "*":
+            first = self.ws.store.keys(etype, limit=1)
+            key = first[0] if first else ""
+        elif "," in key:
+            key = key.split(",")[0].strip()
+        if not key:
+            return {}
+        token = ACTOR.set(session.user)
+        try:
+            entry = self.ws.hydrate(f"{etype}/{key}", session.role)
+        finally:
+            ACTOR.reset(token)
+        return {name: table.schema for name, table in entry.tables.items()}

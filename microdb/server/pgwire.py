@@ -140,6 +140,7 @@ class Session:
     tls: bool
     settings: dict[str, str] = field(default_factory=dict)
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
+    notices: list[str] = field(default_factory=list, repr=False)  # warnings to send with the next result
     secret_key: int = field(default=0, repr=False)
 
 
@@ -435,6 +436,12 @@ def _msg(kind: bytes, payload: bytes = b"") -> bytes:
 
 def _cstr(text: str) -> bytes:
     return text.encode("utf-8") + b"\0"
+
+
+def _notice(message: str) -> bytes:
+    """A NoticeResponse (a WARNING the client shows but that does not fail the query)."""
+    fields = [(b"S", "WARNING"), (b"V", "WARNING"), (b"C", "01000"), (b"M", message)]
+    return _msg(b"N", b"".join(k + _cstr(v) for k, v in fields) + b"\0")
 
 
 def _error(exc: PgWireError | MicrodbError, severity: str = "ERROR") -> bytes:
@@ -902,6 +909,9 @@ class _Connection:
                 raise PgWireError(f"catalog query not supported: {_shorten(sql)}", "0A000")
         else:
             table = await self.call(backend.execute, self.session, sql, params)
+        if self.session is not None and self.session.notices:
+            self.send(*(_notice(note) for note in self.session.notices))
+            self.session.notices.clear()
         if not isinstance(table, pa.Table):
             raise PgWireError(f"backend returned {type(table).__name__}, not a pyarrow.Table", "XX000")
         return table

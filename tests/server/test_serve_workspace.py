@@ -112,7 +112,7 @@ def test_bind_params_quotes_values():
 def test_serve_command_with_psql_and_sigterm(served, tmp_path):
     ws, _ = served
     env = {**os.environ, "PGPASSWORD": PASSWORD}
-    proc = subprocess.Popen([sys.executable, "-m", "microdb.cli", "-w", str(ws.root), "serve", "--pg", "127.0.0.1:0"],
+    proc = subprocess.Popen([sys.executable, "-m", "microdb.cli", "-w", str(ws.root), "serve", "--pg", "127.0.0.1:0", "--http", "off"],
                             stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stderr.readline()
@@ -125,3 +125,30 @@ def test_serve_command_with_psql_and_sigterm(served, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_psql_describe_commands(served):
+    """psql's \\d, \\dt and \\d TABLE answer from the tables the role sees (withheld columns absent)."""
+    ws, port = served
+    env = {**os.environ, "PGPASSWORD": PASSWORD, "PGOPTIONS": "-c microdb.entity=customer/42"}
+
+    def psql(command: str) -> str:
+        out = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "analyst", "-d", "microdb", "-c", command],
+                             env=env, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    listing = psql("\\d")
+    tables = ws.entity("customer/42", role="analyst").tables()
+    for name in tables:
+        assert re.search(rf"public\s*\|\s*{name}\s*\|\s*table", listing), (name, listing)
+    assert "transactions" in psql("\\dt")
+    described = psql("\\d transactions")
+    assert 'Table "public.transactions"' in described
+    for field in tables["transactions"].schema:
+        assert re.search(rf"^\s*{field.name}\s*\|", described, re.M), (field.name, described)
+    assert re.search(r"^\s*amount\s*\|\s*numeric", described, re.M)
+    assert re.search(r"^\s*ts\s*\|\s*timestamp", described, re.M)
+    assert "Did not find any relation" in subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "analyst", "-d", "microdb", "-c", "\\d no_such_table"],
+        env=env, capture_output=True, text=True, timeout=30).stderr

@@ -20,33 +20,29 @@ from microdb.errors import AccessDenied, ConfigError, MicrodbError, SealError
 from microdb.init import init_workspace
 from synth.integrity import check_integrity
 
+from conftest import set_sections
+from lineage_check import assert_valid
+
 CUSTOMERS = 300
 CONSTRAINTS = [
     "transactions.ts >= accounts.opened_at",
     "amount > 0",
     "customers.segment in ('retail', 'premium', 'sme', 'private')",
 ]
-SYNTH = f"""
-[synth]
-role = "analyst"
-holdout = 0.2
-retention_days = 30
-
-[synth.constraints]
-customer = {json.dumps(CONSTRAINTS)}
-
-[synth.params.neural]
-epochs = 2
-batch_size = 64
-"""
+SYNTH = {
+    "role": "analyst",
+    "holdout": 0.2,
+    "retention_days": 30,
+    "constraints": {"customer": CONSTRAINTS},
+    "params": {"neural": {"epochs": 2, "batch_size": 64}},
+}
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     path = tmp_path_factory.mktemp("synthws")
     init_workspace(path, demo=True, customers=CUSTOMERS, seed=3)
-    with open(path / "microdb.toml", "a") as fh:
-        fh.write(SYNTH)
+    set_sections(path, synth=SYNTH, charter={})  # no charter: bundles are released unevaluated
     w = microdb.open(path)
     w.sync("customer")
     yield w
@@ -191,10 +187,15 @@ def test_lineage_and_audit_of_fit_and_sample(ws, models):
     assert sample_run["job"]["name"] == "synth.sample.customer"
     facet = sample_run["run"]["facets"]["microdb"]
     assert facet["bundle"] == bundle.id and facet["seed"] == 4 and facet["policy_hash"]
-    assert sample_run["outputs"][0]["name"] == f"bundles/{bundle.id}"
+    outputs = {o["name"]: o for o in sample_run["outputs"]}
+    assert f"bundles/{bundle.id}" in outputs
+    fields = [f["name"] for f in outputs[f"bundles/{bundle.id}/transactions"]["facets"]["schema"]["fields"]]
+    assert "is_fraud" in fields and "amount" in fields
     fit_run = runs[bundle.manifest["lineage"]["fit_run"]]
     assert fit_run["job"]["name"] == "synth.fit.customer"
-    assert fit_run["inputs"][0]["name"] == "store/customer"
+    assert {i["name"] for i in fit_run["inputs"]} >= {"store/customer/customers", "store/customer/transactions"}
+    for event in events:  # every event of the workspace validates with the client's own models
+        assert_valid(event)
     fits = ws.audit.query(action="synth.fit", outcome="ok")
     assert fits.num_rows and set(fits["role"].to_pylist()) == {"analyst"}
 
