@@ -270,8 +270,7 @@ COLUMNS = ("N", "case", "system", "fit s", "sample s", "peak MB", "quality", "qu
 def table_cells(row: dict) -> list[str]:
     head = [f"{row['customers']:,}", row["case"], row["label"]]
     if row["status"] != "ok":
-        reason = row.get("reason", "")
-        return head + [f"{row['status']}: {reason}"] + [""] * (len(COLUMNS) - 4)
+        return head + [f"{row['status']} (note)"] + [""] * (len(COLUMNS) - 4)
     q, a = row["quality"]["default"], row["quality"]["all_pairs"]
     return head + [
         _f(row["fit_s"], "{:.1f}"), _f(row["sample_s"], "{:.1f}"), _f(row["peak_rss_mb"], "{:,.0f}"),
@@ -281,6 +280,12 @@ def table_cells(row: dict) -> list[str]:
         _f(a.get("Intertable Trends"), "{:.3f}"), _f(row["dcr_share"], "{:.3f}"), _f(row["mia_auc"], "{:.3f}"),
         _f(row["ri_percent"], "{:.1f}"),
     ]
+
+
+def notes(rows: list[dict]) -> list[str]:
+    """Why a row has no numbers (unsupported, timeout, error)."""
+    return [f"{r['label']} on {r['case']} ({r['customers']:,}): {r['status']} — {r.get('reason', '')}"
+            for r in rows if r["status"] != "ok"]
 
 
 def footer(settings: dict) -> list[str]:
@@ -309,7 +314,7 @@ def render(rows: list[dict], settings: dict, console: Console) -> None:
     for row in rows:
         t.add_row(*table_cells(row))
     console.print(t)
-    for line in footer(settings):
+    for line in notes(rows) + footer(settings):
         console.print(f"[dim]{line}[/dim]")
 
 
@@ -317,7 +322,7 @@ def markdown(rows: list[dict], settings: dict) -> str:
     """The same table as GitHub markdown (for the README)."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in table_cells(r)) + " |" for r in rows]
-    return "\n".join(lines + [""] + [f"- {line}" for line in footer(settings)]) + "\n"
+    return "\n".join(lines + [""] + [f"- {line}" for line in notes(rows) + footer(settings)]) + "\n"
 
 
 def _find(rows: list[dict], n: int, case: str, key: str) -> dict | None:

@@ -21,7 +21,7 @@ from bench.report import Report, console
 RUNS = {
     "rules": ({}, None),
     "copula": ({}, None),
-    "neural": ({"epochs": 5}, None),
+    "neural": ({"epochs": 2}, None),
     "neural-dp": ({"epochs": 2, "dp_epsilon": 3.0, "max_children": 16}, 2000),
 }
 
