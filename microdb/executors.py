@@ -23,6 +23,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, ClassVar, Self, TypeVar
 
+import pyarrow as pa
+
 from microdb.errors import ConfigError, ExecutorError, MicrodbError
 from microdb.store import StoreUnavailable  # noqa: F401 - registers a transient error class
 
@@ -205,6 +207,22 @@ class RayExecutor(Executor):
 
 def _apply(fn: Callable[[T], R], item: T) -> R:
     return fn(item)
+
+
+def tables_to_ipc(tables: dict[str, pa.Table]) -> dict[str, bytes]:
+    """Arrow tables as IPC streams: what a task returns across processes or Ray."""
+    out = {}
+    for name, table in tables.items():
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        out[name] = sink.getvalue().to_pybytes()
+    return out
+
+
+def tables_from_ipc(data: dict[str, bytes]) -> dict[str, pa.Table]:
+    """Inverse of :func:`tables_to_ipc`."""
+    return {name: pa.ipc.open_stream(blob).read_all() for name, blob in data.items()}
 
 
 def get_executor(name: str, workers: int | None = None, address: str | None = None, max_retries: int = 3) -> Executor:

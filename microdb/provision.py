@@ -463,7 +463,30 @@ def _plain_arrow(table: pa.Table) -> pa.Table:
     return table if schema.equals(table.schema) else table.cast(schema)
 
 
-class PostgresTarget(Target):
+class _AdbcTransaction:
+    """Transactions of an ADBC connection (``self._con``), which opens one implicitly."""
+
+    _con: Any
+    _errors: tuple[type[BaseException], ...]
+
+    def begin(self) -> None:
+        """ADBC opens a transaction implicitly (autocommit off)."""
+
+    def commit(self) -> None:
+        try:
+            self._con.commit()
+        except self._errors as exc:
+            raise self.failed("commit", exc) from exc  # type: ignore[attr-defined]
+
+    def rollback(self) -> None:
+        if self._con is not None:
+            try:
+                self._con.rollback()
+            except self._errors:
+                pass  # the session is gone: the server rolled back
+
+
+class PostgresTarget(_AdbcTransaction, Target):
     """``postgresql://user[:password]@host:port/db[?schema=NAME]``; loads with ADBC (COPY)."""
 
     dialect = "postgres"
@@ -519,22 +542,6 @@ class PostgresTarget(Target):
     def prepare_schema(self) -> None:
         self.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(self.schema).sql(dialect='postgres')}",
                      f"creating schema {self.schema}")
-
-    def begin(self) -> None:
-        """ADBC opens a transaction implicitly (autocommit off)."""
-
-    def commit(self) -> None:
-        try:
-            self._con.commit()
-        except self._errors as exc:
-            raise self.failed("commit", exc) from exc
-
-    def rollback(self) -> None:
-        if self._con is not None:
-            try:
-                self._con.rollback()
-            except self._errors:
-                pass  # the session is gone: the server rolled back
 
     def clear(self, plans: Sequence[TablePlan]) -> None:
         if plans:
@@ -737,7 +744,7 @@ def _hex(col: pa.ChunkedArray) -> pa.Array:
                                             arr.buffers()[0], arr.null_count).cast(pa.string())
 
 
-class SqliteTarget(Target):
+class SqliteTarget(_AdbcTransaction, Target):
     """``sqlite:PATH`` (relative to the current directory; ``sqlite:///abs`` absolute)."""
 
     dialect = "sqlite"
@@ -775,19 +782,6 @@ class SqliteTarget(Target):
             for table, column in cur.fetchall():
                 out.setdefault(table, []).append(column)
         return out
-
-    def begin(self) -> None:
-        """ADBC opens a transaction implicitly (autocommit off)."""
-
-    def commit(self) -> None:
-        try:
-            self._con.commit()
-        except self._errors as exc:
-            raise self.failed("commit", exc) from exc
-
-    def rollback(self) -> None:
-        if self._con is not None:
-            self._con.rollback()
 
     @staticmethod
     def _sqlite_arrow(table: pa.Table) -> pa.Table:

@@ -111,23 +111,15 @@ def load_entities(ws: Workspace, et: EntityType, keys: Sequence[str], progress: 
 
 def _load_job(job: tuple[str, str, list[str]]) -> dict[str, bytes]:
     """One executor task: a chunk of entities unsealed from the store, as Arrow IPC streams."""
-    import io
-
+    from microdb.executors import tables_to_ipc
     from microdb.workspace import Workspace, find_workspace
 
     root, etype, keys = job
     ws = Workspace(find_workspace(root))
     try:
-        tables = load_entities(ws, ws.entity_type(etype), keys)
+        return tables_to_ipc(load_entities(ws, ws.entity_type(etype), keys))
     finally:
         ws.close()
-    out = {}
-    for name, table in tables.items():
-        sink = io.BytesIO()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        out[name] = sink.getvalue()
-    return out
 
 
 def load_entities_on(executor: Any, ws: Workspace, et: EntityType, keys: Sequence[str],
@@ -135,11 +127,13 @@ def load_entities_on(executor: Any, ws: Workspace, et: EntityType, keys: Sequenc
     """:func:`load_entities` split into contiguous chunks run as executor tasks (same result)."""
     chunk = min(2000, max(50, -(-len(keys) // 16)))
     jobs = [(str(ws.root), et.name, list(keys[i:i + chunk])) for i in range(0, len(keys), chunk)]
+    from microdb.executors import tables_from_ipc
+
     results = executor.map_partitions(_load_job, jobs, done=lambda k, total: progress("load", k, total))
     parts: dict[str, list[pa.Table]] = {}
     for result in results:
-        for name, data in result.items():
-            parts.setdefault(name, []).append(pa.ipc.open_stream(data).read_all())
+        for name, table in tables_from_ipc(result).items():
+            parts.setdefault(name, []).append(table)
     return {name: pa.concat_tables(tables, promote_options="permissive").combine_chunks()
             for name, tables in parts.items()}
 
@@ -298,7 +292,8 @@ def fit(ws: Workspace, etype: str, *, generator: str = "copula", params: dict[st
     merged = {**ws.config.synth.params.get(generator, {}), **(params or {})}
     all_constraints = list(ws.config.synth.constraints.get(etype, [])) + list(constraints)
     gen = get_generator(generator, **merged)
-    out = Path(out) if out else ws.root / ws.config.synth.models_dir / f"{etype}-{generator}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    out = Path(out) if out else ws.root / ws.config.synth.models_dir / f"{etype}-{generator}-{stamp}"
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out}: model folder exists and is not empty (choose another -o)")
     policy_hash = ws.policies.fingerprint(role_name)
@@ -369,8 +364,10 @@ def _sample_tables(ws: Workspace, gen: Any, model: Path, entities: int, seed: in
             progress("sample", i + 1, len(plan))
     else:
         jobs = [(str(model), n, s, tuple((c.table, c.column, c.value, c.share) for c in conds)) for n, s in plan]
+        from microdb.executors import tables_from_ipc
+
         results = executor.map_partitions(shards.sample_job, jobs, done=lambda k, total: progress("sample", k, total))
-        parts = [shards.read_job_result(r) for r in results]
+        parts = [tables_from_ipc(r) for r in results]
     return shards.merge(gen, parts)
 
 

@@ -11,7 +11,6 @@ shards, then restores uniqueness constraints across shards. One shard is the pla
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 
@@ -40,19 +39,10 @@ def plan(entities: int, seed: int, shard_entities: int) -> list[tuple[int, int]]
 
 def sample_job(job: Job) -> dict[str, bytes]:
     """One shard, run where the executor puts it: the tables as Arrow IPC streams."""
+    from microdb.executors import tables_to_ipc
+
     model, n, seed, conditions = job
-    tables = load_generator(model).sample(n, seed=seed, conditions=[Condition(*c) for c in conditions])
-    out = {}
-    for name, table in tables.items():
-        sink = io.BytesIO()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        out[name] = sink.getvalue()
-    return out
-
-
-def read_job_result(result: dict[str, bytes]) -> dict[str, pa.Table]:
-    return {name: pa.ipc.open_stream(data).read_all() for name, data in result.items()}
+    return tables_to_ipc(load_generator(model).sample(n, seed=seed, conditions=[Condition(*c) for c in conditions]))
 
 
 def _renumber(column: pa.ChunkedArray | pa.Array, offset: int, width: int, where: str) -> pa.Array:
