@@ -9,10 +9,20 @@ whose keys agree across every table.
 100.0
 """
 
-from synth.conditions import Condition, Constraint, parse_constraint
-from synth.generators import Generator, generator_names, get_generator, load_generator
-from synth.integrity import IntegrityReport, check_integrity, select_entities
-from synth.schema import ReferenceLink, SynthSchema, SynthTable
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+# public name -> module; imported on first use, so that reading one submodule (the CLI
+# reading a config, a worker opening a bundle) does not load every generator
+_NAMES = {
+    "Condition": "synth.conditions", "Constraint": "synth.conditions", "parse_constraint": "synth.conditions",
+    "Generator": "synth.generators", "generator_names": "synth.generators", "get_generator": "synth.generators",
+    "load_generator": "synth.generators",
+    "check_integrity": "synth.integrity", "IntegrityReport": "synth.integrity", "select_entities": "synth.integrity",
+    "ReferenceLink": "synth.schema", "SynthSchema": "synth.schema", "SynthTable": "synth.schema",
+}
 
 __all__ = [
     "SynthSchema",
@@ -29,3 +39,10 @@ __all__ = [
     "IntegrityReport",
     "select_entities",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'synth' has no attribute {name!r}")
+    return getattr(import_module(module), name)
