@@ -120,7 +120,7 @@ def test_query_bundle_cli_and_api(ws, models):
     api = ws.bundle_entity(bundle.id, key).sql(sql)
     res = _cli(ws, "query", f"bundle:{bundle.directory}/{key}", sql, "--format", "json")
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout) == [{k: (str(v) if k == "total" else v) for k, v in r.items()} for r in api.to_pylist()]
+    assert json.loads(res.stdout) == [{k: (str(v) if k == "total" and v is not None else v) for k, v in r.items()} for r in api.to_pylist()]
     ent = bundle.entity(key)
     assert ent["customers"].num_rows == 1
     assert api.column("n")[0].as_py() == ent["transactions"].num_rows
