@@ -33,23 +33,14 @@ PG_SQL = ("SELECT count(*) AS n, sum(t.amount) AS total FROM {s}.transactions t 
 
 
 def _workspace(tmp: Path, schema: str, token: str) -> Path:
-    from microdb.discover import discover, to_toml
-    from microdb.init import append_entity
-    from microdb.keys import generate_key_file
+    from bench.sync_query import postgres_workspace
     from microdb.server.http import hash_token
     import microdb
 
     path = tmp / "ws"
-    path.mkdir()
-    (path / "microdb.toml").write_text(
-        f'version = 1\n[sources.bank]\nurl = "{DSN}?schema={schema}"\n'
-        '\n[server.users.bench]\nrole = "admin"\ntrusted_local = true\n'
-        f'\n[server.tokens.bench]\nrole = "admin"\ntoken_hash = "{hash_token(token)}"\n')
-    generate_key_file(path / ".microdb" / "master.key")
-    ws = microdb.open(path)
-    name, ent = discover(ws.config, ws.sources, "bank", "customers")
-    ws.close()
-    append_entity(path / "microdb.toml", name, to_toml(name, ent))
+    name = postgres_workspace(path, DSN, schema,
+                              '\n[server.users.bench]\nrole = "admin"\ntrusted_local = true\n'
+                              f'\n[server.tokens.bench]\nrole = "admin"\ntoken_hash = "{hash_token(token)}"\n')
     ws = microdb.open(path)
     try:
         ws.sync(name)

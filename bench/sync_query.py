@@ -104,14 +104,30 @@ def run(report: Report, customers: int, with_postgres: bool = True, query_only: 
             run_postgres(report, customers, Path(tmp))
 
 
+def postgres_workspace(path: Path, dsn: str, schema: str, extra: str = "") -> str:
+    """A workspace at ``path`` over the bank tables in a PostgreSQL schema, with the entity
+    type discovered from ``customers``; ``extra`` is appended to its config. Returns the type."""
+    from microdb.discover import discover, to_toml
+    from microdb.init import append_entity
+    from microdb.keys import generate_key_file
+
+    path.mkdir()
+    (path / "microdb.toml").write_text(f'version = 1\n[sources.bank]\nurl = "{dsn}?schema={schema}"\n{extra}')
+    generate_key_file(path / ".microdb" / "master.key")
+    ws = microdb.open(path)
+    try:
+        name, ent = discover(ws.config, ws.sources, "bank", "customers")
+    finally:
+        ws.close()
+    append_entity(path / "microdb.toml", name, to_toml(name, ent))
+    return name
+
+
 def run_postgres(report: Report, customers: int, tmp: Path) -> None:
     import uuid
 
     from fixtures.bank import generate
     from fixtures.load import drop_postgres, load_postgres
-    from microdb.discover import discover, to_toml
-    from microdb.init import append_entity
-    from microdb.keys import generate_key_file
 
     dsn = "postgresql://postgres@127.0.0.1:5432/test"
     schema = f"mdbbench_{uuid.uuid4().hex[:8]}"
@@ -119,13 +135,7 @@ def run_postgres(report: Report, customers: int, tmp: Path) -> None:
     load_postgres(generate(customers=customers, seed=11), dsn, schema=schema)
     try:
         path = tmp / "pg"
-        path.mkdir()
-        (path / "microdb.toml").write_text(f'version = 1\n[sources.bank]\nurl = "{dsn}?schema={schema}"\n')
-        generate_key_file(path / ".microdb" / "master.key")
-        ws = microdb.open(path)
-        name, ent = discover(ws.config, ws.sources, "bank", "customers")
-        ws.close()
-        append_entity(path / "microdb.toml", name, to_toml(name, ent))
+        postgres_workspace(path, dsn, schema)
         ws = microdb.open(path)
         try:
             bench_sync(report, ws, "PostgreSQL")

@@ -181,32 +181,19 @@ def sync(
     chosen = sum([all_, keys is not None, changed_since is not None])
     if chosen != 1:
         raise MicrodbError("choose exactly one of --all, --keys K1,K2 or --changed-since TIME")
-    if executor is None and (address is not None or workers is not None):
-        raise MicrodbError("--address and --workers need --executor (local, process or ray)")
+    ex = _executor(executor, address, workers)
     ws = _open()
-    ex = None
     try:
-        if executor is not None:
-            from microdb.executors import get_executor
-
-            ex = get_executor(executor, workers=workers, address=address)
         with _progress() as bar:
-            tasks: dict[str, int] = {}
-
-            def progress(phase: str, done: int, total: int) -> None:
-                if phase not in tasks:
-                    tasks[phase] = bar.add_task(phase, total=max(total, 1))
-                bar.update(tasks[phase], completed=done, total=max(total, 1))
-
             res = ws.sync(
                 entity_type,
-                keys=[k.strip() for k in keys.split(",") if k.strip()] if keys else None,
+                keys=_key_list(keys),
                 changed_since=changed_since,
-                progress=progress,
+                progress=_phases(bar),
                 executor=ex,
             )
-            for task in tasks.values():
-                bar.update(task, completed=bar.tasks[task].total)
+            for task in bar.tasks:
+                bar.update(task.id, completed=task.total)
         rows = ", ".join(f"{n} {t}" for t, n in res.rows.items())
         out.print(
             f"synced [bold]{res.entities}[/bold] {entity_type} entities in {res.seconds:.2f}s "
@@ -288,15 +275,29 @@ def query(
 
 
 def _phases(bar: Progress):
-    """A library progress callback (phase, done, total) drawing one bar per phase."""
+    """A library progress callback (phase, done, total) drawing one bar per phase;
+    ``"evaluate|privacy"`` keeps one bar ``evaluate`` and shows its current step."""
     tasks: dict[str, int] = {}
 
     def progress(phase: str, done: int, total: int) -> None:
-        if phase not in tasks:
-            tasks[phase] = bar.add_task(phase, total=max(total, 1))
-        bar.update(tasks[phase], completed=done, total=max(total, 1))
+        key, _, step = phase.partition("|")
+        label = f"{key}: {step}" if step else key
+        if key not in tasks:
+            tasks[key] = bar.add_task(label, total=max(total, 1))
+        bar.update(tasks[key], completed=done, total=max(total, 1), description=label)
 
     return progress
+
+
+def _executor(name: Optional[str], address: Optional[str], workers: Optional[int]):
+    """The executor named by ``--executor`` (None: run here in one pass)."""
+    if name is None:
+        if address is not None or workers is not None:
+            raise MicrodbError("--address and --workers need --executor (local, process or ray)")
+        return None
+    from microdb.executors import get_executor
+
+    return get_executor(name, workers=workers, address=address)
 
 
 def _key_list(keys: Optional[str]) -> Optional[list[str]]:

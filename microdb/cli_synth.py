@@ -13,7 +13,7 @@ from typing import Any, Iterator, Optional
 import typer
 from rich.table import Table
 
-from microdb.cli import _open, _progress, app, emit, out
+from microdb.cli import _executor, _open, _phases, _progress, app, emit, out
 from microdb.errors import ConfigError, MicrodbError
 
 synth_app = typer.Typer(no_args_is_help=True, help="Fit generators on entities, sample synthetic bundles, report.")
@@ -26,16 +26,7 @@ app.add_typer(bundle_app, name="bundle")
 def _bars() -> Iterator[Callable[[str, int, int], None]]:
     """A progress callback drawing one bar per phase."""
     with _progress() as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(phase: str, done: int, total: int) -> None:
-            key, _, step = phase.partition("|")  # "evaluate|privacy": one bar, its step shown
-            label = f"{key}: {step}" if step else key
-            if key not in tasks:
-                tasks[key] = bar.add_task(label, total=max(total, 1))
-            bar.update(tasks[key], completed=done, total=max(total, 1), description=label)
-
-        yield progress
+        yield _phases(bar)
 
 
 def _value(text: str) -> Any:
@@ -53,16 +44,6 @@ def _params(items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--param {item!r}: write NAME=VALUE (e.g. epochs=20)")
         params[name.strip()] = _value(value.strip())
     return params
-
-
-def _executor(name: Optional[str], address: Optional[str], workers: Optional[int]) -> Any:
-    if name is None:
-        if address is not None or workers is not None:
-            raise MicrodbError("--address and --workers need --executor (local, process or ray)")
-        return None
-    from microdb.executors import get_executor
-
-    return get_executor(name, workers=workers, address=address)
 
 
 def _sample_from(text: str) -> list[str] | int | None:

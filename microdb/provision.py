@@ -464,10 +464,18 @@ def _plain_arrow(table: pa.Table) -> pa.Table:
 
 
 class _AdbcTransaction:
-    """Transactions of an ADBC connection (``self._con``), which opens one implicitly."""
+    """Statements and transactions on an ADBC connection (``self._con``), which opens a
+    transaction implicitly."""
 
     _con: Any
     _errors: tuple[type[BaseException], ...]
+
+    def execute(self, sql: str, what: str) -> None:
+        try:
+            with self._con.cursor() as cur:
+                cur.execute(sql)
+        except self._errors as exc:
+            raise self.failed(what, exc) from exc  # type: ignore[attr-defined]
 
     def begin(self) -> None:
         """ADBC opens a transaction implicitly (autocommit off)."""
@@ -510,13 +518,6 @@ class PostgresTarget(_AdbcTransaction, Target):
             self._con = adbc_pg.connect(self._uri, autocommit=False)
         except adbc_driver_manager.Error as exc:
             raise self.unreachable(exc) from exc
-
-    def execute(self, sql: str, what: str) -> None:
-        try:
-            with self._con.cursor() as cur:
-                cur.execute(sql)
-        except self._errors as exc:
-            raise self.failed(what, exc) from exc
 
     def _rows(self, sql: str) -> list[tuple]:
         try:
@@ -766,13 +767,6 @@ class SqliteTarget(_AdbcTransaction, Target):
             self._con = adbc_sqlite.connect(str(self.path), autocommit=False)
         except adbc_driver_manager.Error as exc:
             raise self.unreachable(exc) from exc
-
-    def execute(self, sql: str, what: str) -> None:
-        try:
-            with self._con.cursor() as cur:
-                cur.execute(sql)
-        except self._errors as exc:
-            raise self.failed(what, exc) from exc
 
     def existing(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from contextlib import nullcontext
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,20 +26,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from microdb.errors import ConfigError, EntityNotFound, MicrodbError, PolicyError, SchemaError
+from microdb.projection import Progress, _no_progress
 from synth.bundle import Bundle, export_bundle, read_manifest, sha256_file, shred, verify_files, write_bundle, write_manifest
 from synth.schema import ReferenceLink, SynthSchema, SynthTable
 
 if TYPE_CHECKING:
-    from microdb.bundles import BundleEntry
     from microdb.entity import EntityType
     from microdb.workspace import Workspace
 
 TRAINING_FILE = "training.json"
-Progress = Callable[[str, int, int], None]
-
-
-def _quiet(phase: str, done: int, total: int) -> None:
-    return None
 
 
 @dataclass
@@ -89,7 +84,7 @@ def choose_keys(ws: Workspace, etype: str, part: str, fraction: float, seed: int
 
 # ---------------------------------------------------------------------------------- loading
 
-def load_entities(ws: Workspace, et: EntityType, keys: Sequence[str], progress: Progress = _quiet) -> dict[str, pa.Table]:
+def load_entities(ws: Workspace, et: EntityType, keys: Sequence[str], progress: Progress = _no_progress) -> dict[str, pa.Table]:
     """Raw tables of ``keys`` from the store, each tree table concatenated over entities."""
     parts: dict[str, list[pa.Table]] = {t.name: [] for t in et.tables}
     total = len(keys)
@@ -123,7 +118,7 @@ def _load_job(job: tuple[str, str, list[str]]) -> dict[str, bytes]:
 
 
 def load_entities_on(executor: Any, ws: Workspace, et: EntityType, keys: Sequence[str],
-                     progress: Progress = _quiet) -> dict[str, pa.Table]:
+                     progress: Progress = _no_progress) -> dict[str, pa.Table]:
     """:func:`load_entities` split into contiguous chunks run as executor tasks (same result)."""
     chunk = min(2000, max(50, -(-len(keys) // 16)))
     jobs = [(str(ws.root), et.name, list(keys[i:i + chunk])) for i in range(0, len(keys), chunk)]
@@ -261,7 +256,7 @@ def synth_role(ws: Workspace, role: str | None) -> str:
 
 def training_set(ws: Workspace, etype: str, *, role: str | None = None, part: str = "train", seed: int = 0,
                  sample_from: Sequence[str] | int | None = None, fraction: float | None = None,
-                 executor: Any = None, progress: Progress = _quiet) -> TrainingSet:
+                 executor: Any = None, progress: Progress = _no_progress) -> TrainingSet:
     """The ``train`` or ``holdout`` entities of ``etype`` as the synth role sees them."""
     et = ws.entity_type(etype)
     role = synth_role(ws, role)
@@ -282,7 +277,7 @@ def training_set(ws: Workspace, etype: str, *, role: str | None = None, part: st
 def fit(ws: Workspace, etype: str, *, generator: str = "copula", params: dict[str, Any] | None = None,
         seed: int = 0, sample_from: Sequence[str] | int | None = None, role: str | None = None,
         constraints: Sequence[str] = (), out: Path | None = None, executor: Any = None,
-        progress: Progress = _quiet) -> Path:
+        progress: Progress = _no_progress) -> Path:
     """Fit ``generator`` on the training entities of ``etype``; save the model; return its folder
     (``executor``: unseal the training entities in parallel tasks; same model)."""
     from lineage.events import DatasetRef, MicrodbRunFacet
@@ -373,7 +368,7 @@ def _sample_tables(ws: Workspace, gen: Any, model: Path, entities: int, seed: in
 
 def sample(ws: Workspace, model: Path, *, entities: int, seed: int = 0, conditions: Sequence[str] = (),
            share: float = 1.0, out: Path | None = None, evaluate: bool | None = None,
-           executor: Any = None, progress: Progress = _quiet) -> Bundle:
+           executor: Any = None, progress: Progress = _no_progress) -> Bundle:
     """Sample ``entities`` new entities into a sealed bundle, evaluate it against the
     charter when one is configured, and register it."""
     from lineage.events import DatasetRef, MicrodbRunFacet
@@ -508,7 +503,7 @@ def _save(ws: Workspace, bundle_dir: Path, manifest: dict[str, Any]) -> None:
     ws.bundles.update(manifest)
 
 
-def report(ws: Workspace, ref: str, *, out: Path | None = None, progress: Progress = _quiet) -> dict[str, Any]:
+def report(ws: Workspace, ref: str, *, out: Path | None = None, progress: Progress = _no_progress) -> dict[str, Any]:
     """Evaluate a bundle against the holdout entities of its training split; apply the
     charter; write ``report.json`` and ``report.html`` into the bundle folder (or ``out``)."""
     from lineage.charter import decide
@@ -647,6 +642,3 @@ def gc(ws: Workspace, now: float | None = None) -> list[str]:
             done.append(entry.id)
     return done
 
-
-def bundle_entries(ws: Workspace) -> list[BundleEntry]:
-    return ws.bundles.entries()

@@ -82,7 +82,7 @@ class Catalog:
             pattern = re.compile(m.group(1))
         except re.error:
             return []
-        return [n for n in self.tables if pattern.fullmatch(n) or pattern.match(n)]
+        return [n for n in self.tables if pattern.match(n)]
 
     def answer(self, sql: str) -> pa.Table | None:
         """The answer to one catalog query, or None if it is not a query at all."""

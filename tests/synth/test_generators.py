@@ -10,6 +10,7 @@ import pytest
 
 from fixtures.bank import BIG_CUSTOMER_ID, generate
 from microdb.errors import ConfigError, SchemaError
+from microdb.executors import tables_to_ipc
 from synth.conditions import Condition, parse_constraint
 from synth.generators import Generator, get_generator, load_generator
 from synth.integrity import check_integrity, select_entities
@@ -58,16 +59,6 @@ def bank_data(customers: int, seed: int = 3) -> tuple[SynthSchema, dict[str, pa.
     references = {name: flat.pop(name) for name in REFERENCE_TABLES}
     schema = bank_schema().infer_references(flat, references)
     return schema, flat, references
-
-
-def ipc_bytes(tables: dict[str, pa.Table]) -> dict[str, bytes]:
-    out = {}
-    for name, table in tables.items():
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        out[name] = sink.getvalue().to_pybytes()
-    return out
 
 
 def count(tables: dict[str, pa.Table], sql: str) -> int:
@@ -175,9 +166,9 @@ def test_root_condition_and_sequence_order(fitted):
 
 
 def test_same_seed_same_bytes_other_seed_other_rows(fitted):
-    first = ipc_bytes(fitted.sample(150, seed=21, conditions=[FRAUD]))
-    again = ipc_bytes(fitted.sample(150, seed=21, conditions=[FRAUD]))
-    other = ipc_bytes(fitted.sample(150, seed=22, conditions=[FRAUD]))
+    first = tables_to_ipc(fitted.sample(150, seed=21, conditions=[FRAUD]))
+    again = tables_to_ipc(fitted.sample(150, seed=21, conditions=[FRAUD]))
+    other = tables_to_ipc(fitted.sample(150, seed=22, conditions=[FRAUD]))
     assert first == again
     assert first["customers"] != other["customers"]
     assert first["transactions"] != other["transactions"]
@@ -189,8 +180,8 @@ def test_save_load_round_trip(fitted, tmp_path):
     assert not list(path.glob("*.pkl")) and not list(path.glob("*.pickle"))
     loaded = load_generator(str(path))
     assert type(loaded) is type(fitted)
-    assert ipc_bytes(loaded.sample(120, seed=9, conditions=[FRAUD])) == \
-        ipc_bytes(fitted.sample(120, seed=9, conditions=[FRAUD]))
+    assert tables_to_ipc(loaded.sample(120, seed=9, conditions=[FRAUD])) == \
+        tables_to_ipc(fitted.sample(120, seed=9, conditions=[FRAUD]))
     assert type(fitted).load(path).constraints == fitted.constraints
 
 
